@@ -148,14 +148,14 @@ type Phase struct {
 
 // Metadata describes what ran the code.
 type Metadata struct {
-	Backend      string `json:"backend"`                // "qemu" or "firecracker"
-	VMM          string `json:"vmm"`                    // the VMM binary's name
-	VMMVersion   string `json:"vmm_version"`            // as the VMM reported it
-	Accelerator  string `json:"accelerator,omitempty"`  // "kvm" or "tcg"
-	Transport    string `json:"transport"`              // "agent" or "ssh"
+	Backend      string `json:"backend"`                 // "qemu" or "firecracker"
+	VMM          string `json:"vmm"`                     // the VMM binary's name
+	VMMVersion   string `json:"vmm_version"`             // as the VMM reported it
+	Accelerator  string `json:"accelerator,omitempty"`   // "kvm" or "tcg"
+	Transport    string `json:"transport"`               // "agent" or "ssh"
 	AgentVersion string `json:"agent_version,omitempty"` // guest agent build
-	Kernel       string `json:"kernel,omitempty"`       // guest kernel release
-	Image        string `json:"image,omitempty"`        // image profile and key
+	Kernel       string `json:"kernel,omitempty"`        // guest kernel release
+	Image        string `json:"image,omitempty"`         // image profile and key
 	VMID         string `json:"vm_id"`
 }
 
