@@ -1,0 +1,310 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cylo-dev/cylo"
+	"github.com/cylo-dev/cylo/internal/agentproto"
+	"github.com/cylo-dev/cylo/internal/agentrun"
+	"github.com/cylo-dev/cylo/internal/image"
+	"github.com/cylo-dev/cylo/internal/procfs"
+	"github.com/cylo-dev/cylo/internal/undo"
+	"github.com/cylo-dev/cylo/internal/vmstate"
+)
+
+// Files in a VM's runtime directory.
+const (
+	agentSocket = "agent.sock"
+	consoleLog  = "console.log"
+	vmmLog      = "qemu.log"
+	scratchDisk = "scratch.ext4"
+)
+
+// teardownTimeout bounds stopping the VMM and removing its files.
+const teardownTimeout = 10 * time.Second
+
+// machine is one running QEMU process and its runtime directory.
+type machine struct {
+	id     string
+	dir    string
+	accel  string
+	cmd    *exec.Cmd
+	exited chan struct{} // closed when the QEMU process has exited
+	undo   undo.Stack
+}
+
+// Run boots a fresh VM for req, runs req through the guest agent, and
+// destroys the VM, on every path.
+func (d *Driver) Run(ctx context.Context, req *cylo.Request) (_ *cylo.Result, err error) {
+	req, err = req.WithDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if req.Network {
+		return nil, fmt.Errorf("%w: the qemu backend's agent transport has no guest network: run without networking, or use the ssh transport", cylo.ErrInvalidRequest)
+	}
+	var phases []cylo.Phase
+	mark := phaseClock(&phases)
+
+	m, err := d.start(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if terr := m.teardown(); terr != nil {
+			d.cfg.Logger.Warn("teardown failed", "vm_id", m.id, "err", terr)
+			err = errors.Join(err, terr)
+		}
+	}()
+	mark("vmm_start")
+
+	session, err := m.connect(ctx, d.cfg.BootTimeout)
+	if err != nil {
+		return nil, err
+	}
+	defer session.Close()
+	mark("boot")
+	d.cfg.Logger.Info("guest ready", "vm_id", m.id, "accelerator", m.accel, "boot_ms", phases[len(phases)-1].Duration.Milliseconds())
+
+	result, err := session.Exec(ctx, req)
+	if err != nil {
+		return nil, m.withConsole(fmt.Errorf("run in vm %s: %w", m.id, err))
+	}
+	mark("run")
+
+	result.Usage.VMMRSSBytes = procfs.RSS(m.cmd.Process.Pid)
+	session.Close()
+	if err := m.teardown(); err != nil {
+		return nil, fmt.Errorf("vm %s: teardown: %w", m.id, err)
+	}
+	mark("teardown")
+
+	version, _ := d.vmmVersion(ctx)
+	result.Usage.Phases = phases
+	result.Metadata = cylo.Metadata{
+		Backend:      d.Name(),
+		VMM:          filepath.Base(d.cfg.Binary),
+		VMMVersion:   version,
+		Accelerator:  m.accel,
+		Transport:    "agent",
+		AgentVersion: session.Health.AgentVersion,
+		Kernel:       session.Health.Kernel,
+		Image:        d.cfg.ImageName,
+		VMID:         m.id,
+	}
+	return result, nil
+}
+
+// start creates the runtime directory and scratch disk and starts QEMU.
+func (d *Driver) start(ctx context.Context, req *cylo.Request) (*machine, error) {
+	id, dir, err := vmstate.NewRuntimeDir(d.cfg.RuntimeBase)
+	if err != nil {
+		return nil, err
+	}
+	m := &machine{id: id, dir: dir, exited: make(chan struct{})}
+	m.undo.Push("remove runtime directory", func() error { return os.RemoveAll(dir) })
+
+	rec, err := vmstate.Owned(id, d.Name())
+	if err != nil {
+		m.undo.Run()
+		return nil, err
+	}
+	rec.RuntimeDir = dir
+	if err := d.cfg.Store.Register(rec); err != nil {
+		m.undo.Run()
+		return nil, err
+	}
+	m.undo.Push("remove vm record", func() error { return d.cfg.Store.Remove(id) })
+
+	if err := image.NewScratchDisk(filepath.Join(dir, scratchDisk), req.Limits.DiskBytes); err != nil {
+		m.undo.Run()
+		return nil, fmt.Errorf("create scratch disk: %w", err)
+	}
+
+	accel, _ := d.accelerator()
+	m.accel = accel
+	args := d.args(m, req)
+	logFile, err := os.Create(filepath.Join(dir, vmmLog))
+	if err != nil {
+		m.undo.Run()
+		return nil, err
+	}
+	defer logFile.Close()
+
+	// The VM outlives ctx only as long as teardown takes: Run stops it.
+	cmd := exec.Command(d.cfg.Binary, args...)
+	cmd.Stdout = logFile
+	cmd.Stderr = logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Setpgid: true,
+		// A cylo killed with SIGKILL takes its VMs with it; cylo gc then
+		// removes the files they left.
+		Pdeathsig: syscall.SIGKILL,
+	}
+	d.cfg.Logger.Debug("starting qemu", "vm_id", id, "args", strings.Join(args, " "))
+	if err := cmd.Start(); err != nil {
+		m.undo.Run()
+		if errors.Is(err, exec.ErrNotFound) {
+			return nil, fmt.Errorf("QEMU binary %q not found: install the qemu-system-x86 package or set the qemu binary path", d.cfg.Binary)
+		}
+		return nil, fmt.Errorf("start %s: %w", d.cfg.Binary, err)
+	}
+	m.cmd = cmd
+	go func() {
+		cmd.Wait()
+		close(m.exited)
+	}()
+	m.undo.Push("stop qemu", m.stop)
+
+	rec.VMMPID = cmd.Process.Pid
+	if start, err := vmstate.StartTime(cmd.Process.Pid); err == nil {
+		rec.VMMStart = start
+	}
+	if err := d.cfg.Store.Register(rec); err != nil {
+		m.undo.Run()
+		return nil, err
+	}
+	d.cfg.Logger.Info("vm started", "vm_id", id, "vmm", "qemu", "pid", cmd.Process.Pid, "accelerator", accel)
+	return m, nil
+}
+
+// args returns QEMU's command line for req.
+func (d *Driver) args(m *machine, req *cylo.Request) []string {
+	memMiB := (req.Limits.MemoryBytes + d.cfg.GuestOverheadBytes + (1<<20 - 1)) >> 20
+	cpu := "max"
+	if m.accel == AccelKVM {
+		cpu = "host"
+	}
+	cmdline := strings.Join([]string{
+		"console=ttyS0",
+		// Reboot by triple fault, and on panic at once: with -no-reboot
+		// QEMU then exits instead of booting again.
+		"reboot=t", "panic=-1",
+		"quiet", "loglevel=4",
+		// The guest has RDRAND under -cpu max and host; crediting it
+		// initialises the kernel's RNG at boot.
+		"random.trust_cpu=on",
+		"cylo.root=/dev/vda", "cylo.scratch=/dev/vdb", "cylo.channel=virtio-serial",
+	}, " ")
+	return []string{
+		"-name", "cylo-" + m.id,
+		// microvm with ACPI on (its default): Debian's cloud kernel finds
+		// the virtio-mmio devices through ACPI and ignores the command-line
+		// device list QEMU passes when ACPI is off.
+		"-M", "microvm",
+		"-accel", m.accel,
+		"-cpu", cpu,
+		"-m", strconv.FormatInt(memMiB, 10),
+		"-smp", strconv.Itoa(req.Limits.VCPUs),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-serial", "file:" + filepath.Join(m.dir, consoleLog),
+		"-kernel", d.cfg.Kernel,
+		"-initrd", d.cfg.Initrd,
+		"-append", cmdline,
+		"-drive", "id=root,file=" + d.cfg.Rootfs + ",format=raw,if=none,readonly=on",
+		"-device", "virtio-blk-device,drive=root",
+		"-drive", "id=scratch,file=" + filepath.Join(m.dir, scratchDisk) + ",format=raw,if=none,cache=unsafe",
+		"-device", "virtio-blk-device,drive=scratch",
+		"-device", "virtio-rng-device",
+		"-device", "virtio-serial-device",
+		"-chardev", "socket,id=agent,path=" + filepath.Join(m.dir, agentSocket) + ",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name=" + agentproto.SerialPortName,
+	}
+}
+
+// connect waits for the guest agent. It fails early, with the console
+// tail, when QEMU exits during boot.
+func (m *machine) connect(ctx context.Context, bootTimeout time.Duration) (*agentrun.Session, error) {
+	bootCtx, cancel := context.WithTimeout(ctx, bootTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-m.exited:
+			cancel()
+		case <-bootCtx.Done():
+		}
+	}()
+
+	socket := filepath.Join(m.dir, agentSocket)
+	dial := func(ctx context.Context) (net.Conn, error) {
+		var dialer net.Dialer
+		for {
+			conn, err := dialer.DialContext(ctx, "unix", socket)
+			if err == nil {
+				return conn, nil
+			}
+			// QEMU creates the socket a few milliseconds after it starts.
+			select {
+			case <-ctx.Done():
+				return nil, err
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+	// One long attempt: the port queues the request until the agent opens
+	// it, and a reconnect would discard what the guest already read.
+	session, err := agentrun.Connect(bootCtx, dial, bootTimeout)
+	if err == nil {
+		return session, nil
+	}
+	select {
+	case <-m.exited:
+		return nil, m.withConsole(fmt.Errorf("vm %s: qemu exited during boot (%s)", m.id, m.cmd.ProcessState))
+	default:
+	}
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("vm %s: boot interrupted: %w", m.id, ctx.Err())
+	}
+	return nil, m.withConsole(fmt.Errorf("vm %s: guest agent not ready after %s: %w", m.id, bootTimeout, err))
+}
+
+// stop kills QEMU's process group and waits for QEMU to exit. The guest
+// keeps no state worth a clean shutdown: its scratch disk is deleted next.
+func (m *machine) stop() error {
+	_ = syscall.Kill(-m.cmd.Process.Pid, syscall.SIGKILL)
+	select {
+	case <-m.exited:
+		return nil
+	case <-time.After(teardownTimeout):
+		return fmt.Errorf("qemu pid %d did not exit %s after SIGKILL", m.cmd.Process.Pid, teardownTimeout)
+	}
+}
+
+func (m *machine) teardown() error {
+	return m.undo.Run()
+}
+
+// withConsole appends the tail of the guest console and of QEMU's own log
+// to err, which is where a failed boot explains itself.
+func (m *machine) withConsole(err error) error {
+	var b strings.Builder
+	for _, f := range []struct{ name, file string }{{"guest console", consoleLog}, {"qemu log", vmmLog}} {
+		if tail := procfs.Tail(filepath.Join(m.dir, f.file), 30); tail != "" {
+			fmt.Fprintf(&b, "\n--- %s (last lines) ---\n%s", f.name, tail)
+		}
+	}
+	if b.Len() == 0 {
+		return err
+	}
+	return fmt.Errorf("%w%s", err, b.String())
+}
+
+// phaseClock returns a function that appends a phase ending now.
+func phaseClock(phases *[]cylo.Phase) func(name string) {
+	last := time.Now()
+	return func(name string) {
+		now := time.Now()
+		*phases = append(*phases, cylo.Phase{Name: name, Duration: now.Sub(last)})
+		last = now
+	}
+}
