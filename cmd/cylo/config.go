@@ -1,0 +1,118 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/cylo-dev/cylo/backend"
+)
+
+// fileConfig is the config file, $XDG_CONFIG_HOME/cylo/config.yaml by
+// default. Every key is also a flag of the same name with dashes; a flag
+// given on the command line wins.
+type fileConfig struct {
+	Backend        string `yaml:"backend"`
+	Profile        string `yaml:"profile"`
+	CacheDir       string `yaml:"cache_dir"`
+	Agent          string `yaml:"agent"`
+	QEMUBin        string `yaml:"qemu_bin"`
+	Accelerator    string `yaml:"accelerator"`
+	FirecrackerBin string `yaml:"firecracker_bin"`
+	LogLevel       string `yaml:"log_level"`
+}
+
+// globalFlags are the flags every command takes.
+type globalFlags struct {
+	configPath string
+	cfg        fileConfig
+}
+
+func (g *globalFlags) register(root *cobra.Command) {
+	f := root.PersistentFlags()
+	f.StringVar(&g.configPath, "config", "", "config file (default $XDG_CONFIG_HOME/cylo/config.yaml, if it exists)")
+	f.StringVar(&g.cfg.Backend, "backend", "", "backend: qemu, firecracker or auto (default auto: the first usable of firecracker, qemu)")
+	f.StringVar(&g.cfg.Profile, "profile", "", "guest image profile: base, full (adds go and rust) or ssh (default base; full for go and rust)")
+	f.StringVar(&g.cfg.CacheDir, "cache-dir", "", "directory of built images (default $XDG_CACHE_HOME/cylo/images)")
+	f.StringVar(&g.cfg.Agent, "agent", "", "cylo-agent binary to put in images (default: next to cylo, else on PATH)")
+	f.StringVar(&g.cfg.QEMUBin, "qemu-bin", "", "QEMU binary (default qemu-system-x86_64)")
+	f.StringVar(&g.cfg.Accelerator, "accelerator", "", "QEMU accelerator: kvm or tcg (default: kvm when usable, else tcg)")
+	f.StringVar(&g.cfg.FirecrackerBin, "firecracker-bin", "", "firecracker binary (default: firecracker on PATH)")
+	f.StringVar(&g.cfg.LogLevel, "log-level", "", "log level on stderr: debug, info, warn or error (default warn)")
+	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
+		return g.load(cmd)
+	}
+}
+
+// load reads the config file and fills every field no flag set.
+func (g *globalFlags) load(cmd *cobra.Command) error {
+	path := g.configPath
+	if path == "" {
+		dir, err := os.UserConfigDir()
+		if err != nil {
+			return nil
+		}
+		path = filepath.Join(dir, "cylo", "config.yaml")
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config file: %w", err)
+	}
+	var file fileConfig
+	if err := yaml.Unmarshal(data, &file); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	flags := cmd.Flags()
+	fill := func(flag string, dst *string, value string) {
+		if !flags.Changed(flag) && value != "" {
+			*dst = value
+		}
+	}
+	fill("backend", &g.cfg.Backend, file.Backend)
+	fill("profile", &g.cfg.Profile, file.Profile)
+	fill("cache-dir", &g.cfg.CacheDir, file.CacheDir)
+	fill("agent", &g.cfg.Agent, file.Agent)
+	fill("qemu-bin", &g.cfg.QEMUBin, file.QEMUBin)
+	fill("accelerator", &g.cfg.Accelerator, file.Accelerator)
+	fill("firecracker-bin", &g.cfg.FirecrackerBin, file.FirecrackerBin)
+	fill("log-level", &g.cfg.LogLevel, file.LogLevel)
+	return nil
+}
+
+func (g *globalFlags) logger() *slog.Logger {
+	level := slog.LevelWarn
+	if g.cfg.LogLevel != "" {
+		if err := level.UnmarshalText([]byte(g.cfg.LogLevel)); err != nil {
+			level = slog.LevelWarn
+		}
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// backendOptions returns the options for profile (the flag's when set).
+func (g *globalFlags) backendOptions(profile string) backend.Options {
+	if g.cfg.Profile != "" {
+		profile = g.cfg.Profile
+	}
+	if profile == "" {
+		profile = "base"
+	}
+	return backend.Options{
+		Profile:           profile,
+		CacheDir:          g.cfg.CacheDir,
+		AgentPath:         g.cfg.Agent,
+		QEMUBinary:        g.cfg.QEMUBin,
+		Accelerator:       g.cfg.Accelerator,
+		FirecrackerBinary: g.cfg.FirecrackerBin,
+		Logger:            g.logger(),
+	}
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cylo-dev/cylo/backend"
+	"github.com/cylo-dev/cylo/internal/image"
+)
+
+func newImageCommand(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "image",
+		Short: "Build and list guest images",
+	}
+	cmd.AddCommand(newImageBuildCommand(g), newImageListCommand(g))
+	return cmd
+}
+
+func newImageBuildCommand(g *globalFlags) *cobra.Command {
+	var mirror string
+	var extra []string
+	cmd := &cobra.Command{
+		Use:   "build",
+		Short: "Build the guest kernel, initramfs and root filesystem from Debian packages",
+		Long: `Build a guest image from Debian packages: the kernel from
+linux-image-cloud-amd64 (a bzImage for QEMU and an ELF vmlinux for
+Firecracker), an initramfs with cylo-agent as /init and the guest's kernel
+modules, and an ext4 root filesystem made by debootstrap.
+
+Profiles: base (bash, python3, nodejs), full (base plus golang-go and rustc),
+ssh (base plus openssh-server with a pinned host key).
+
+Images are cached by their inputs; a second build with the same inputs
+returns at once. Building the root filesystem needs root (debootstrap).`,
+		Example: `  sudo cylo image build --profile base
+  sudo cylo image build --profile full`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o := g.backendOptions("")
+			agent, err := backend.FindAgent(o.AgentPath)
+			if err != nil {
+				return err
+			}
+			img, err := image.Build(cmd.Context(), image.Options{
+				Profile:       image.Profile(o.Profile),
+				AgentPath:     agent,
+				CacheDir:      o.CacheDir,
+				Mirror:        mirror,
+				ExtraPackages: extra,
+				Progress:      image.ProgressWriter(os.Stderr),
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Printf("image %s-%s ready in %s (kernel %s)\n", img.Profile, img.Key, img.Dir, img.KernelRelease)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&mirror, "mirror", "", "Debian mirror for debootstrap (default: the host's apt source, else http://deb.debian.org/debian)")
+	cmd.Flags().StringSliceVar(&extra, "package", nil, "extra Debian package to install in the root filesystem (repeatable)")
+	return cmd
+}
+
+func newImageListCommand(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List the images in the cache and their sizes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			dir := g.cfg.CacheDir
+			if dir == "" {
+				var err error
+				if dir, err = image.DefaultCacheDir(); err != nil {
+					return err
+				}
+			}
+			entries, err := os.ReadDir(dir)
+			if err != nil {
+				if os.IsNotExist(err) {
+					fmt.Printf("no images in %s: build one with cylo image build\n", dir)
+					return nil
+				}
+				return err
+			}
+			for _, e := range entries {
+				if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+					continue
+				}
+				fmt.Printf("%-40s %s\n", e.Name(), formatSize(dirSize(filepath.Join(dir, e.Name()))))
+			}
+			return nil
+		},
+	}
+}
+
+// dirSize returns the allocated size of the files under dir, so sparse
+// images count for what they use.
+func dirSize(dir string) int64 {
+	var total int64
+	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if info, err := d.Info(); err == nil {
+				total += allocated(info)
+			}
+		}
+		return nil
+	})
+	return total
+}
