@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -236,7 +237,7 @@ func (m *machine) putPreBoot(path string, body []byte) fault {
 		if n.IfaceID != strings.TrimPrefix(path, "/network-interfaces/") {
 			return "The id from the path does not match the id from the body!"
 		}
-		if _, err := os.Stat(filepath.Join("/sys/class/net", n.HostDevName)); err != nil {
+		if _, err := net.InterfaceByName(n.HostDevName); err != nil {
 			return fault(fmt.Sprintf("Open tap device failed: %s: no such device", n.HostDevName))
 		}
 		m.netIfaces[n.IfaceID] = true
