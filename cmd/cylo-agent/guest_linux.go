@@ -23,7 +23,7 @@ const runHome = "/home/cylo"
 // is printed to the console, where the host's console log shows it, and
 // the guest powers off so that the host does not wait for its timeout.
 func runGuest() {
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if err := serveGuest(logger); err != nil {
 		fmt.Fprintln(os.Stderr, "cylo-agent: fatal:", err)
 		time.Sleep(100 * time.Millisecond)
@@ -32,10 +32,12 @@ func runGuest() {
 }
 
 func serveGuest(logger *slog.Logger) error {
+	start := time.Now()
 	boot, err := guestinit.Setup()
 	if err != nil {
 		return fmt.Errorf("boot: %w", err)
 	}
+	logger.Info("guest booted", "setup_ms", time.Since(start).Milliseconds(), "kernel", boot.KernelRelease, "channel", boot.Channel, "mode", boot.Mode)
 	if boot.Mode == guestinit.ModeSSH {
 		return serveSSH(logger)
 	}
@@ -66,12 +68,14 @@ func serveGuest(logger *slog.Logger) error {
 		if err != nil {
 			return err
 		}
+		logger.Info("agent serving", "port", path)
 		return server.ServeSerial(path)
 	case guestinit.ChannelVsock:
 		l, err := vsock.Listen(agentproto.VsockPort, nil)
 		if err != nil {
 			return fmt.Errorf("listen on vsock port %d: %w", agentproto.VsockPort, err)
 		}
+		logger.Info("agent serving", "vsock_port", agentproto.VsockPort)
 		return server.Serve(l)
 	default:
 		return fmt.Errorf("unknown channel %q in cylo.channel: use virtio-serial or vsock", boot.Channel)

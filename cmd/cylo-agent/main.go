@@ -24,6 +24,7 @@ func main() {
 		return
 	}
 	listen := flag.String("listen", "", "address to serve on: unix:PATH or tcp:127.0.0.1:PORT")
+	dirBase := flag.String("dir-base", "", "directory under which request working directories are created (default: the request's path as is)")
 	version := flag.Bool("version", false, "print the agent version and exit")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), "Usage: cylo-agent --listen unix:PATH\n\nIn a guest cylo-agent runs as PID 1 and takes no flags.\n\n")
@@ -39,14 +40,14 @@ func main() {
 		os.Exit(2)
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := runHost(*listen, logger); err != nil {
+	if err := runHost(*listen, *dirBase, logger); err != nil {
 		fmt.Fprintln(os.Stderr, "cylo-agent:", err)
 		os.Exit(1)
 	}
 }
 
-func runHost(listen string, logger *slog.Logger) error {
-	cfg := agent.Config{Logger: logger}
+func runHost(listen, dirBase string, logger *slog.Logger) error {
+	cfg := agent.Config{Logger: logger, DirBase: dirBase}
 	if parent, err := agent.HostCgroupParent(); err == nil {
 		if _, err := agent.PrepareCgroupParent(parent); err == nil {
 			cfg.CgroupParent = parent

@@ -20,6 +20,21 @@ import (
 type runCgroup struct {
 	dir string
 	fd  *os.File
+	// unenforced lists the limit files the hierarchy lacks.
+	unenforced []string
+}
+
+// writeCgroupFile writes value to an existing cgroup interface file. It
+// never creates the file: cgroupfs rejects that with EPERM, which would
+// hide the real cause, a missing controller.
+func writeCgroupFile(dir, file, value string) error {
+	f, err := os.OpenFile(filepath.Join(dir, file), os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return err
+	}
+	_, werr := f.WriteString(value)
+	cerr := f.Close()
+	return errors.Join(werr, cerr)
 }
 
 // PrepareCgroupParent makes dir a parent for run cgroups: it enables the
@@ -42,7 +57,7 @@ func PrepareCgroupParent(dir string) (limits bool, err error) {
 	}
 	if len(enable) > 0 {
 		control := filepath.Join(dir, "cgroup.subtree_control")
-		if err := os.WriteFile(control, []byte(strings.Join(enable, " ")), 0); err != nil {
+		if err := writeCgroupFile(dir, "cgroup.subtree_control", strings.Join(enable, " ")); err != nil {
 			return false, fmt.Errorf("enable %s in %s: %w", strings.Join(enable, " "), control, err)
 		}
 	}
@@ -71,7 +86,14 @@ func newRunCgroup(parent string, id int, memoryBytes, maxProcesses int64) (*runC
 		if limit <= 0 {
 			continue
 		}
-		if err := os.WriteFile(filepath.Join(dir, file), []byte(strconv.FormatInt(limit, 10)), 0); err != nil {
+		err := writeCgroupFile(dir, file, strconv.FormatInt(limit, 10))
+		if errors.Is(err, os.ErrNotExist) {
+			// The hierarchy has no such controller (a host-process agent on
+			// a hybrid cgroup v1/v2 host): Health reports Cgroups false.
+			cg.unenforced = append(cg.unenforced, file)
+			continue
+		}
+		if err != nil {
 			cg.remove()
 			return nil, fmt.Errorf("set %s to %d: %w", file, limit, err)
 		}
@@ -81,8 +103,8 @@ func newRunCgroup(parent string, id int, memoryBytes, maxProcesses int64) (*runC
 		// Killing the whole run on OOM, not only the largest process, keeps
 		// a shell from going on after its child was killed. Both files are
 		// missing when the hierarchy has no memory controller.
-		_ = os.WriteFile(filepath.Join(dir, "memory.swap.max"), []byte("0"), 0)
-		_ = os.WriteFile(filepath.Join(dir, "memory.oom.group"), []byte("1"), 0)
+		_ = writeCgroupFile(dir, "memory.swap.max", "0")
+		_ = writeCgroupFile(dir, "memory.oom.group", "1")
 	}
 	fd, err := os.Open(dir)
 	if err != nil {
@@ -95,7 +117,7 @@ func newRunCgroup(parent string, id int, memoryBytes, maxProcesses int64) (*runC
 
 // kill sends SIGKILL to every process in the cgroup.
 func (c *runCgroup) kill() error {
-	return os.WriteFile(filepath.Join(c.dir, "cgroup.kill"), []byte("1"), 0)
+	return writeCgroupFile(c.dir, "cgroup.kill", "1")
 }
 
 // pids returns the processes still in the cgroup.

@@ -131,6 +131,14 @@ func (r *run) killAll() {
 }
 
 func (s *Server) execute(ctx context.Context, id int, spec *agentproto.ExecSpec, body io.Reader, out *outputSink) *agentproto.ExitStatus {
+	if s.cfg.DirBase != "" {
+		spec.Dir = filepath.Join(s.cfg.DirBase, spec.Dir)
+		for i, f := range spec.Files {
+			if filepath.IsAbs(f.Path) {
+				spec.Files[i].Path = filepath.Join(s.cfg.DirBase, f.Path)
+			}
+		}
+	}
 	if err := s.prepareFiles(spec); err != nil {
 		return &agentproto.ExitStatus{ExitCode: 126, Error: err.Error()}
 	}

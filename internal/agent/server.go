@@ -30,6 +30,11 @@ type Config struct {
 	CgroupParent string
 	// RunAs is the uid and gid programs run as. Nil keeps the agent's own.
 	RunAs *Credential
+	// DirBase, when set, is prefixed to the working directory and to
+	// absolute file paths of every request. A host-process agent uses it so
+	// that runs write under a directory of their own, not into the host's
+	// /work.
+	DirBase string
 	// Home is the HOME directory given to programs when the request does
 	// not set one.
 	Home string

@@ -315,7 +315,9 @@ func (m *machine) start() fault {
 		return ""
 	}
 	if bin := os.Getenv(fctest.EnvAgentBin); bin != "" {
-		cmd := exec.Command(bin, "--listen", "unix:"+filepath.Join(m.dir, "agent.sock"))
+		// Runs write under the runtime directory, the double's stand-in for
+		// the guest's scratch disk, and never into the host's /work.
+		cmd := exec.Command(bin, "--listen", "unix:"+filepath.Join(m.dir, "agent.sock"), "--dir-base", filepath.Join(m.dir, "guest"))
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		if err := cmd.Start(); err != nil {
 			fmt.Println("fake-firecracker: start agent:", err)
