@@ -113,18 +113,14 @@ func (c *consoleRecorder) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// bootQEMU runs the image with the flags cylo's QEMU driver uses and
-// returns the console output and timings.
-func bootQEMU(t *testing.T, qemu string, img *image.Image, scratch, cmdline string, extra ...string) (string, bootTiming) {
+// qemuArgs returns the flags cylo's QEMU driver uses for img.
+func qemuArgs(t *testing.T, img *image.Image, scratch, cmdline string) []string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
-	defer cancel()
 	tscKHz, err := tsc.HostKHz()
 	if err != nil {
 		t.Fatal(err)
 	}
-
-	args := []string{
+	return []string{
 		"-M", "microvm", // ACPI stays on: the kernel finds virtio-mmio devices through it
 		"-accel", "tcg", "-cpu", "max",
 		"-m", "512", "-smp", "1",
@@ -144,18 +140,23 @@ func bootQEMU(t *testing.T, qemu string, img *image.Image, scratch, cmdline stri
 		"-device", "virtio-blk-device,drive=scratch",
 		"-device", "virtio-rng-device",
 	}
-	args = append(args, extra...)
+}
+
+// bootQEMU runs the image until the guest powers off and returns the
+// console output and timings.
+func bootQEMU(t *testing.T, qemu string, img *image.Image, scratch, cmdline string) (string, bootTiming) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	defer cancel()
 
 	out := &consoleRecorder{start: time.Now()}
-	cmd := exec.CommandContext(ctx, qemu, args...)
+	cmd := exec.CommandContext(ctx, qemu, qemuArgs(t, img, scratch, cmdline)...)
 	cmd.Stdout = out
 	cmd.Stderr = out
-	err = cmd.Run()
+	err := cmd.Run()
 	timing := bootTiming{exit: time.Since(out.start)}
-	out.mu.Lock()
-	console := strings.ReplaceAll(out.buf.String(), "\r\n", "\n")
-	timing.bootOK = out.bootOK
-	out.mu.Unlock()
+	console, bootOK := out.snapshot()
+	timing.bootOK = bootOK
 	if ctx.Err() != nil {
 		t.Fatalf("VM did not exit within %v\nconsole:\n%s", bootTimeout, tailLines(console, 60))
 	}
@@ -163,6 +164,14 @@ func bootQEMU(t *testing.T, qemu string, img *image.Image, scratch, cmdline stri
 		t.Fatalf("qemu: %v\nconsole:\n%s", err, tailLines(console, 60))
 	}
 	return console, timing
+}
+
+// snapshot returns the console so far, with the serial line's CRLF turned
+// into LF, and the time to "cylo-boot-ok" (0 if not seen).
+func (c *consoleRecorder) snapshot() (string, time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return strings.ReplaceAll(c.buf.String(), "\r\n", "\n"), c.bootOK
 }
 
 func tailLines(s string, n int) string {

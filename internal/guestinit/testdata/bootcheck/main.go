@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 
 	"github.com/cylo-dev/cylo/internal/guestinit"
 )
@@ -24,6 +25,9 @@ func main() {
 		return strings.Fields(string(data) + " ?")[0], err
 	})
 	fmt.Printf("cylo-check config: channel=%s mode=%s\n", cfg.Channel, cfg.Mode)
+	if cfg.Mode == guestinit.ModeSSH {
+		serveSSH()
+	}
 
 	report("cgroup controllers", func() (string, error) {
 		data, err := os.ReadFile(guestinit.CgroupRoot + "/cgroup.subtree_control")
@@ -64,6 +68,29 @@ func main() {
 	})
 	report("hostname", os.Hostname)
 	stop()
+}
+
+// serveSSH runs sshd and reaps children until sshd exits, as the agent
+// does in ssh mode. The test ends the VM.
+func serveSSH() {
+	sshd, err := guestinit.StartSSHD()
+	if err != nil {
+		fmt.Printf("cylo-sshd-failed: %v\n", err)
+		stop()
+	}
+	fmt.Printf("cylo-sshd-started pid %d\n", sshd.Pid)
+	for {
+		var status syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &status, 0, nil)
+		if err != nil {
+			fmt.Printf("cylo-wait-failed: %v\n", err)
+			stop()
+		}
+		if pid == sshd.Pid {
+			fmt.Printf("cylo-sshd-exited: %v\n", status)
+			stop()
+		}
+	}
 }
 
 // report prints "cylo-check NAME: VALUE" or "cylo-check NAME: error: ERR".
