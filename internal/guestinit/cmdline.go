@@ -21,7 +21,7 @@ const (
 	ChannelVsock        Channel = "vsock"         // AF_VSOCK
 )
 
-// Mode is what the guest runs after boot.
+// Mode is the service the guest runs after boot.
 type Mode string
 
 // Modes.

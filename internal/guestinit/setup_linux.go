@@ -27,7 +27,7 @@ const (
 	newRootDir = "/newroot" // the overlay, which becomes /
 )
 
-// CgroupRoot is where Setup mounts the cgroup2 hierarchy.
+// CgroupRoot is the mount point of the cgroup2 hierarchy.
 const CgroupRoot = "/sys/fs/cgroup"
 
 // AgentCgroup is the cgroup Setup moves the calling process into, so that

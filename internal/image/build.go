@@ -60,12 +60,10 @@ func ProgressWriter(w io.Writer) func(Step) {
 // progress reports the steps of one build.
 type progress struct {
 	report func(Step)
-	next   int
 }
 
 // run reports step name, runs fn unless cached, and reports the result.
 func (p *progress) run(name string, cached bool, fn func() error) error {
-	p.next++
 	step := Step{Index: slices.Index(stepNames, name) + 1, Total: len(stepNames), Name: name, Cached: cached}
 	if p.report != nil {
 		p.report(step)
@@ -91,17 +89,18 @@ func Build(ctx context.Context, o Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkTools("apt-cache", "apt-get", "dpkg-deb", "depmod", "modprobe", "mkfs.ext4", "debootstrap"); err != nil {
+	tools := []string{"apt-cache", "apt-get", "dpkg-deb", "depmod", "modprobe", "mkfs.ext4", "debootstrap"}
+	if o.CachedOnly {
+		tools = []string{"apt-cache"}
+	}
+	if err := checkTools(tools...); err != nil {
 		return nil, err
 	}
 	agent, err := os.ReadFile(o.AgentPath)
 	if err != nil {
 		return nil, fmt.Errorf("read agent binary: %w", err)
 	}
-	agentSum, err := fileSHA256(o.AgentPath)
-	if err != nil {
-		return nil, err
-	}
+	agentSum := sha256Hex(agent)
 	if err := os.MkdirAll(o.CacheDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create cache directory: %w", err)
 	}
@@ -164,6 +163,9 @@ var unsafeName = regexp.MustCompile(`[^A-Za-z0-9._+-]`)
 func (b *builder) kernel(ctx context.Context, pkg kernelPackage) (dir, release string, err error) {
 	dir = filepath.Join(b.o.CacheDir, "kernel-"+unsafeName.ReplaceAllString(pkg.Name+"_"+pkg.Version, "_"))
 	cached := exists(dir)
+	if !cached && b.o.CachedOnly {
+		return "", "", fmt.Errorf("%w: kernel %s %s is not in %s: run %s", ErrNotBuilt, pkg.Name, pkg.Version, b.o.CacheDir, BuildCommandHelp(b.o.Profile))
+	}
 
 	var tmp string
 	if !cached {
@@ -204,6 +206,9 @@ func (b *builder) rootfs(ctx context.Context) (string, error) {
 	in := b.o.rootfsInputs()
 	dir := filepath.Join(b.o.CacheDir, "rootfs-"+string(in.Profile)+"-"+hashKey(in))
 	cached := exists(dir)
+	if !cached && b.o.CachedOnly {
+		return "", fmt.Errorf("%w: no %s root filesystem in %s: run %s", ErrNotBuilt, in.Profile, b.o.CacheDir, BuildCommandHelp(b.o.Profile))
+	}
 
 	var tmp, tree string
 	if !cached {
@@ -231,10 +236,13 @@ func (b *builder) rootfs(ctx context.Context) (string, error) {
 		if err := configureRootfs(tree); err != nil {
 			return fmt.Errorf("configure rootfs in %s: %w", tree, err)
 		}
-		if in.Profile == ProfileSSH {
-			return configureSSH(tree, tmp, in.AuthorizedKey)
+		if in.Profile != ProfileSSH {
+			return nil
 		}
-		return nil
+		if err := configureSSH(tree, tmp, in.AuthorizedKey); err != nil {
+			return err
+		}
+		return setRootPassword(ctx, tree, tmp)
 	})
 	if err != nil {
 		return "", err
@@ -273,7 +281,7 @@ func (b *builder) assemble(ctx context.Context, dir string, m *manifest, agent [
 		filepath.Join(rootfsDir, rootfsFile),
 	}
 	if m.Rootfs.Profile == ProfileSSH {
-		for _, name := range []string{hostKeyPubFile, hostKeyFingerprintFile, clientKeyFile, clientKeyPubFile} {
+		for _, name := range []string{hostKeyPubFile, hostKeyFingerprintFile, clientKeyFile, clientKeyPubFile, rootPasswordFile} {
 			if p := filepath.Join(rootfsDir, name); exists(p) {
 				links = append(links, p)
 			}

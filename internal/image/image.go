@@ -93,6 +93,11 @@ type Options struct {
 	// profile. Empty means Build generates an ed25519 key pair and stores
 	// the private key in the image directory.
 	AuthorizedKey string
+	// CachedOnly makes Build use only the kernel and root filesystem
+	// already in the cache: it then writes a new initramfs for a changed
+	// agent in well under a second, needs neither root nor the mirror,
+	// and fails with ErrNotBuilt when a part is missing.
+	CachedOnly bool
 	// Progress, if set, is called when each build step starts and ends.
 	Progress func(Step)
 }
@@ -113,6 +118,7 @@ type Image struct {
 	HostKeyPub         string // the guest's host key as an authorized_keys line, for pinning
 	HostKeyFingerprint string // SHA256:... fingerprint of HostKeyPub
 	ClientKey          string // private key authorized for root, or "" when Options.AuthorizedKey was given
+	RootPassword       string // root's password, which sshd accepts
 }
 
 // DefaultCacheDir returns $XDG_CACHE_HOME/cylo/images, or
@@ -179,6 +185,11 @@ type rootfsInputs struct {
 	Mirror        string   `json:"mirror"`
 	Packages      []string `json:"packages"`
 	AuthorizedKey string   `json:"authorized_key,omitempty"`
+	// RootPassword is set for the ssh profile, whose root has a password
+	// since this field was added. It keeps ssh images from older builders,
+	// which have none, from matching, without a formatVersion change that
+	// would rebuild the other profiles too.
+	RootPassword bool `json:"root_password,omitempty"`
 }
 
 // manifest is image.json in an image directory.
@@ -208,6 +219,7 @@ func (o Options) rootfsInputs() rootfsInputs {
 		Mirror:        o.Mirror,
 		Packages:      o.packages(),
 		AuthorizedKey: strings.TrimSpace(o.AuthorizedKey),
+		RootPassword:  o.Profile == ProfileSSH,
 	}
 }
 
@@ -237,8 +249,12 @@ func fileSHA256(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("read agent binary: %w", err)
 	}
+	return sha256Hex(data), nil
+}
+
+func sha256Hex(data []byte) string {
 	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:]), nil
+	return hex.EncodeToString(sum[:])
 }
 
 // Lookup returns the newest built image for o without building anything.
@@ -320,6 +336,11 @@ func openImage(dir string, m *manifest) (*Image, error) {
 		if _, err := os.Stat(filepath.Join(dir, clientKeyFile)); err == nil {
 			img.ClientKey = filepath.Join(dir, clientKeyFile)
 		}
+		password, err := os.ReadFile(filepath.Join(dir, rootPasswordFile))
+		if err != nil {
+			return nil, fmt.Errorf("ssh image %s: %w: rebuild it with %s", dir, err, BuildCommandHelp(img.Profile))
+		}
+		img.RootPassword = strings.TrimSpace(string(password))
 	}
 	for _, p := range []string{img.Kernel, img.VMLinux, img.Initrd, img.Rootfs} {
 		if _, err := os.Stat(p); err != nil {

@@ -262,9 +262,9 @@ func TestConfigureRootfs(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, gone := range []string{"usr/share/doc/bash", "usr/share/man/man1", "boot", "usr/lib/modules", "var/cache/apt/archives/python3.deb", "dev/null"} {
-		if _, err := os.Lstat(filepath.Join(tree, gone)); !errors.Is(err, fs.ErrNotExist) {
-			t.Errorf("%s still exists (err %v)", gone, err)
+	for _, removed := range []string{"usr/share/doc/bash", "usr/share/man/man1", "boot", "usr/lib/modules", "var/cache/apt/archives/python3.deb", "dev/null"} {
+		if _, err := os.Lstat(filepath.Join(tree, removed)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s still exists (err %v)", removed, err)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(outside, "modules", "keep")); err != nil {

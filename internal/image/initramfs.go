@@ -42,8 +42,8 @@ const ModulesManifest = "/etc/cylo/modules"
 
 // resolveModules returns the module files, relative to the kernel's module
 // directory, that load names and all their dependencies, in an order where
-// each file follows its dependencies. It asks modprobe, which reads the
-// indexes depmod wrote into kernelDir.
+// each file follows its dependencies. The order comes from modprobe
+// --show-depends, which reads the indexes depmod wrote into kernelDir.
 func resolveModules(ctx context.Context, kernelDir, release string, names []string) ([]string, error) {
 	base := modulesDir(kernelDir, release) + "/"
 	seen := map[string]bool{}
@@ -79,7 +79,7 @@ func resolveModules(ctx context.Context, kernelDir, release string, names []stri
 	return files, nil
 }
 
-// initramfsInput is what goes into the initramfs.
+// initramfsInput is the content of an initramfs.
 type initramfsInput struct {
 	Agent     []byte   // the /init binary
 	KernelDir string   // kernel part directory, holding lib/modules

@@ -1,12 +1,11 @@
 // Package tsc measures the host's time stamp counter (TSC) frequency.
 //
 // Under QEMU's TCG accelerator the guest reads the host's TSC, so the
-// guest's TSC frequency is the host's. A Linux guest on QEMU microvm must
-// be told that frequency with the tsc_early_khz= kernel parameter: it
-// otherwise calibrates the TSC against the emulated PIT, which fails when
-// the host is busy, and the boot then hangs before init runs (seen with
-// Debian's 6.1 cloud kernel and QEMU 7.2, every boot with both host cores
-// busy).
+// guest's TSC frequency is the host's. Pass it to a Linux guest on QEMU
+// microvm with the tsc_early_khz= kernel parameter. Without it the kernel
+// calibrates the TSC against the emulated PIT, which fails when the host is
+// busy, and the boot then hangs before init runs. With Debian's 6.1 cloud
+// kernel and QEMU 7.2 every boot hung while both host cores were busy.
 package tsc
 
 import (
