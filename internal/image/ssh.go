@@ -1,11 +1,14 @@
 package image
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/pem"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -18,14 +21,17 @@ const (
 	hostKeyFingerprintFile = "ssh_host_ed25519_key.fingerprint" // SHA256:... form of the host key
 	clientKeyFile          = "id_ed25519"                       // private key for root, mode 0600, when cylo generated it
 	clientKeyPubFile       = "id_ed25519.pub"
+	rootPasswordFile       = "root_password" // root's password, mode 0600
 )
 
-// sshdConfig restricts the guest's sshd to the one host key cylo pins and
-// to key logins for root.
+// sshdConfig restricts the guest's sshd to the one host key cylo pins. Root
+// may log in with the authorized key or with the password that
+// setRootPassword generates, which is random and stored only in the image
+// directory.
 const sshdConfig = `# Written by cylo's image builder.
 HostKey /etc/ssh/ssh_host_ed25519_key
-PermitRootLogin prohibit-password
-PasswordAuthentication no
+PermitRootLogin yes
+PasswordAuthentication yes
 KbdInteractiveAuthentication no
 UseDNS no
 `
@@ -106,4 +112,27 @@ func newEd25519(comment string) (string, ssh.PublicKey, error) {
 		return "", nil, err
 	}
 	return string(pem.EncodeToMemory(block)), sshPub, nil
+}
+
+// setRootPassword gives root in tree a new random password and stores it
+// in part with mode 0600. The guest's own chpasswd hashes it, run with
+// chroot, so the hash uses the method of the guest's PAM configuration
+// and the password never appears on a command line.
+func setRootPassword(ctx context.Context, tree, part string) error {
+	raw := make([]byte, 18)
+	if _, err := rand.Read(raw); err != nil {
+		return err
+	}
+	password := base64.RawURLEncoding.EncodeToString(raw)
+
+	cmd := exec.CommandContext(ctx, "chroot", tree, "/usr/sbin/chpasswd")
+	cmd.Stdin = strings.NewReader("root:" + password + "\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("set root password with chroot %s chpasswd: %w: %s", tree, err, tail(string(out), 500))
+	}
+	path := filepath.Join(part, rootPasswordFile)
+	if err := os.WriteFile(path, []byte(password+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Chmod(path, 0o600)
 }
