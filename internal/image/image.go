@@ -53,7 +53,9 @@ const (
 
 var profilePackages = map[Profile][]string{
 	ProfileBase: {"python3", "nodejs"},
-	ProfileFull: {"python3", "nodejs", "golang-go", "rustc"},
+	// libc6-dev is listed because rustc depends on the virtual package
+	// libc-dev, which debootstrap's resolver does not map to a provider.
+	ProfileFull: {"python3", "nodejs", "golang-go", "rustc", "libc6-dev"},
 	ProfileSSH:  {"python3", "nodejs", "openssh-server"},
 }
 

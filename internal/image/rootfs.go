@@ -36,6 +36,11 @@ func debootstrap(ctx context.Context, suite, mirror string, packages []string, t
 	args = append(args, suite, tree, mirror)
 	defer unmountUnder(tree)
 	if _, err := runTool(ctx, "", "debootstrap", args...); err != nil {
+		// The reason is often only in debootstrap's own log, which is
+		// removed with the tree.
+		if log, readErr := os.ReadFile(filepath.Join(tree, "debootstrap", "debootstrap.log")); readErr == nil {
+			err = fmt.Errorf("%w\nend of debootstrap.log:\n%s", err, tail(string(log), 3000))
+		}
 		return fmt.Errorf("debootstrap %s from %s: %w", suite, mirror, err)
 	}
 	return nil

@@ -101,7 +101,13 @@ func runTool(ctx context.Context, dir, name string, args ...string) ([]byte, err
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, fmt.Errorf("%s: %w", name, ctxErr)
 		}
-		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, tail(stderr.String(), 2000))
+		// Some tools, debootstrap among them, print their errors on
+		// standard output.
+		output := stderr.String()
+		if strings.TrimSpace(output) == "" {
+			output = stdout.String()
+		}
+		return nil, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, tail(output, 2000))
 	}
 	return stdout.Bytes(), nil
 }
