@@ -146,6 +146,13 @@ type Phase struct {
 	Duration time.Duration `json:"duration_ns"`
 }
 
+// Transports: how the backend reaches the code in the guest, reported in
+// Metadata.Transport.
+const (
+	TransportAgent = "agent" // cylo's guest agent over virtio-serial or vsock
+	TransportSSH   = "ssh"   // the image's SSH server, over the guest's network
+)
+
 // Metadata describes what ran the code.
 type Metadata struct {
 	Backend      string `json:"backend"`                 // "qemu" or "firecracker"

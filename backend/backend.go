@@ -12,10 +12,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"time"
 
 	"github.com/cylo-dev/cylo"
 	"github.com/cylo-dev/cylo/internal/image"
 	"github.com/cylo-dev/cylo/internal/qemu"
+	"github.com/cylo-dev/cylo/internal/sshexec"
 )
 
 // Backend names.
@@ -47,6 +49,24 @@ type Options struct {
 	// on PATH.
 	FirecrackerBinary string
 
+	// Transport is how code reaches the guest: cylo.TransportAgent (the
+	// default) or cylo.TransportSSH. With ssh the default Profile is ssh.
+	Transport string
+	// SSH is how to log in with the ssh transport. Settings left empty
+	// take the image's: its recorded host key, and its generated client
+	// key when no key, password or agent is set. An empty Host means the
+	// guest cylo boots.
+	SSH sshexec.Config
+	// Network is the guest network of the ssh transport: "user" (QEMU
+	// only, the default there) or "tap" (the default on Firecracker).
+	Network string
+	// TAPName names the guest's TAP device in network mode tap. Default:
+	// "cylo" and the VM id.
+	TAPName string
+	// BootTimeout bounds the wait from VMM start until the guest agent or
+	// SSH server answers. Zero means the driver's default.
+	BootTimeout time.Duration
+
 	// Logger receives lifecycle messages. Nil discards them.
 	Logger *slog.Logger
 }
@@ -59,6 +79,9 @@ var ErrUnknownBackend = errors.New("unknown backend")
 func New(name string, o Options) (cylo.Backend, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Profile == "" && o.Transport == cylo.TransportSSH {
+		o.Profile = string(image.ProfileSSH)
 	}
 	switch name {
 	case QEMU:
@@ -128,11 +151,16 @@ func newQEMU(o Options) (cylo.Backend, error) {
 		Binary:      o.QEMUBinary,
 		Accelerator: o.Accelerator,
 		Logger:      o.Logger.With("vmm", QEMU),
+		BootTimeout: o.BootTimeout,
 	}
 	img, imgErr := FindImage(o)
 	if imgErr == nil {
 		cfg.Kernel, cfg.Initrd, cfg.Rootfs = img.Kernel, img.Initrd, img.Rootfs
 		cfg.ImageName = string(img.Profile) + "-" + img.Key
+		// Without an image the ssh settings cannot be completed; Health
+		// and Run then report the missing image.
+		cfg.Transport, cfg.Network, cfg.TAPName = o.Transport, o.Network, o.TAPName
+		cfg.SSH = sshWithImage(o.SSH, img)
 	}
 	d, err := qemu.New(cfg)
 	if err != nil {

@@ -7,11 +7,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/cylo-dev/cylo"
 	"github.com/cylo-dev/cylo/backend"
+	"github.com/cylo-dev/cylo/internal/sshexec"
 )
 
 // fileConfig is the config file, $XDG_CONFIG_HOME/cylo/config.yaml by
@@ -26,7 +29,20 @@ type fileConfig struct {
 	Accelerator    string `yaml:"accelerator"`
 	FirecrackerBin string `yaml:"firecracker_bin"`
 	LogLevel       string `yaml:"log_level"`
+
+	Transport   string        `yaml:"transport"`
+	NetworkMode string        `yaml:"network_mode"`
+	TAPName     string        `yaml:"tap_name"`
+	BootTimeout time.Duration `yaml:"boot_timeout"`
+	// SSH contributes the ssh_* keys (ssh_host, ssh_port, ssh_username,
+	// ssh_key_path, ssh_password, ssh_agent, ssh_known_hosts,
+	// ssh_host_key, ssh_insecure_ignore_host_key).
+	SSH sshexec.Config `yaml:",inline"`
 }
+
+// passwordEnv is the environment variable read for ssh_password when no
+// flag sets it. It wins over the config file.
+const passwordEnv = "CYLO_SSH_PASSWORD"
 
 // globalFlags are the flags every command takes.
 type globalFlags struct {
@@ -45,7 +61,9 @@ func (g *globalFlags) register(root *cobra.Command) {
 	f.StringVar(&g.cfg.Accelerator, "accelerator", "", "QEMU accelerator: kvm or tcg (default: kvm when usable, else tcg)")
 	f.StringVar(&g.cfg.FirecrackerBin, "firecracker-bin", "", "firecracker binary (default: firecracker on PATH)")
 	f.StringVar(&g.cfg.LogLevel, "log-level", "", "log level on stderr: debug, info, warn or error (default warn)")
+	g.registerTransport(f)
 	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
+		g.loadPasswordEnv(cmd.Flags())
 		return g.load(cmd)
 	}
 }
@@ -85,6 +103,7 @@ func (g *globalFlags) load(cmd *cobra.Command) error {
 	fill("accelerator", &g.cfg.Accelerator, file.Accelerator)
 	fill("firecracker-bin", &g.cfg.FirecrackerBin, file.FirecrackerBin)
 	fill("log-level", &g.cfg.LogLevel, file.LogLevel)
+	g.loadTransport(flags, file)
 	return nil
 }
 
@@ -103,10 +122,18 @@ func (g *globalFlags) backendOptions(profile string) backend.Options {
 	if g.cfg.Profile != "" {
 		profile = g.cfg.Profile
 	}
-	if profile == "" {
+	if profile == "" && g.cfg.Transport != cylo.TransportSSH {
 		profile = "base"
 	}
+	if profile == "" && g.cfg.Transport == cylo.TransportSSH {
+		profile = "ssh"
+	}
 	return backend.Options{
+		Transport:         g.cfg.Transport,
+		SSH:               g.cfg.SSH,
+		Network:           g.cfg.NetworkMode,
+		TAPName:           g.cfg.TAPName,
+		BootTimeout:       g.cfg.BootTimeout,
 		Profile:           profile,
 		CacheDir:          g.cfg.CacheDir,
 		AgentPath:         g.cfg.Agent,

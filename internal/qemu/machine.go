@@ -18,6 +18,7 @@ import (
 	"github.com/cylo-dev/cylo/internal/agentrun"
 	"github.com/cylo-dev/cylo/internal/image"
 	"github.com/cylo-dev/cylo/internal/procfs"
+	"github.com/cylo-dev/cylo/internal/tsc"
 	"github.com/cylo-dev/cylo/internal/undo"
 	"github.com/cylo-dev/cylo/internal/vmstate"
 )
@@ -41,16 +42,20 @@ type machine struct {
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when the QEMU process has exited
 	undo   undo.Stack
+	record vmstate.Record
+	// net is the guest network of the ssh transport, nil for the agent.
+	net *netPlan
 }
 
-// Run boots a fresh VM for req, runs req through the guest agent, and
-// destroys the VM, on every path.
+// Run boots a fresh VM for req, runs req through the guest agent or over
+// SSH (Config.Transport), and destroys the VM, on every path.
 func (d *Driver) Run(ctx context.Context, req *cylo.Request) (_ *cylo.Result, err error) {
 	req, err = req.WithDefaults()
 	if err != nil {
 		return nil, err
 	}
-	if req.Network {
+	ssh := d.cfg.Transport == cylo.TransportSSH
+	if req.Network && !ssh {
 		return nil, fmt.Errorf("%w: the qemu backend's agent transport has no guest network: run without networking, or use the ssh transport", cylo.ErrInvalidRequest)
 	}
 	var phases []cylo.Phase
@@ -68,22 +73,17 @@ func (d *Driver) Run(ctx context.Context, req *cylo.Request) (_ *cylo.Result, er
 	}()
 	mark("vmm_start")
 
-	session, err := m.connect(ctx, d.cfg.BootTimeout)
+	var result *cylo.Result
+	health := &agentproto.Health{} // stays empty for the ssh transport
+	if ssh {
+		result, err = d.runSSH(ctx, m, req, mark)
+	} else {
+		result, health, err = d.runAgent(ctx, m, req, mark)
+	}
 	if err != nil {
 		return nil, err
 	}
-	defer session.Close()
-	mark("boot")
-	d.cfg.Logger.Info("guest ready", "vm_id", m.id, "accelerator", m.accel, "boot_ms", phases[len(phases)-1].Duration.Milliseconds())
-
-	result, err := session.Exec(ctx, req)
-	if err != nil {
-		return nil, m.withConsole(fmt.Errorf("run in vm %s: %w", m.id, err))
-	}
-	mark("run")
-
 	result.Usage.VMMRSSBytes = procfs.RSS(m.cmd.Process.Pid)
-	session.Close()
 	if err := m.teardown(); err != nil {
 		return nil, fmt.Errorf("vm %s: teardown: %w", m.id, err)
 	}
@@ -96,13 +96,32 @@ func (d *Driver) Run(ctx context.Context, req *cylo.Request) (_ *cylo.Result, er
 		VMM:          filepath.Base(d.cfg.Binary),
 		VMMVersion:   version,
 		Accelerator:  m.accel,
-		Transport:    "agent",
-		AgentVersion: session.Health.AgentVersion,
-		Kernel:       session.Health.Kernel,
+		Transport:    d.cfg.Transport,
+		AgentVersion: health.AgentVersion,
+		Kernel:       health.Kernel,
 		Image:        d.cfg.ImageName,
 		VMID:         m.id,
 	}
 	return result, nil
+}
+
+// runAgent waits for the guest agent and runs req through it. It closes
+// the session before it returns.
+func (d *Driver) runAgent(ctx context.Context, m *machine, req *cylo.Request, mark func(string)) (*cylo.Result, *agentproto.Health, error) {
+	session, err := m.connect(ctx, d.cfg.BootTimeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer session.Close()
+	mark("boot")
+	d.cfg.Logger.Info("guest ready", "vm_id", m.id, "accelerator", m.accel, "transport", "agent")
+
+	result, err := session.Exec(ctx, req)
+	if err != nil {
+		return nil, nil, m.withConsole(fmt.Errorf("run in vm %s: %w", m.id, err))
+	}
+	mark("run")
+	return result, session.Health, nil
 }
 
 // start creates the runtime directory and scratch disk and starts QEMU.
@@ -125,6 +144,15 @@ func (d *Driver) start(ctx context.Context, req *cylo.Request) (*machine, error)
 		return nil, err
 	}
 	m.undo.Push("remove vm record", func() error { return d.cfg.Store.Remove(id) })
+	m.record = rec
+
+	if d.cfg.Transport == cylo.TransportSSH {
+		if err := d.setupNetwork(m); err != nil {
+			m.undo.Run()
+			return nil, fmt.Errorf("vm %s: set up the guest network: %w", id, err)
+		}
+		rec = m.record
+	}
 
 	if err := image.NewScratchDisk(filepath.Join(dir, scratchDisk), req.Limits.DiskBytes); err != nil {
 		m.undo.Run()
@@ -152,7 +180,12 @@ func (d *Driver) start(ctx context.Context, req *cylo.Request) (*machine, error)
 		Pdeathsig: syscall.SIGKILL,
 	}
 	d.cfg.Logger.Debug("starting qemu", "vm_id", id, "args", strings.Join(args, " "))
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if m.net != nil && m.net.ns != nil {
+		// QEMU opens the TAP device by name in its own namespace.
+		start = func() error { return m.net.ns.Start(cmd) }
+	}
+	if err := start(); err != nil {
 		m.undo.Run()
 		if errors.Is(err, exec.ErrNotFound) {
 			return nil, fmt.Errorf("QEMU binary %q not found: install the qemu-system-x86 package or set the qemu binary path", d.cfg.Binary)
@@ -194,9 +227,33 @@ func (d *Driver) args(m *machine, req *cylo.Request) []string {
 		// The guest has RDRAND under -cpu max and host; crediting it
 		// initialises the kernel's RNG at boot.
 		"random.trust_cpu=on",
-		"cylo.root=/dev/vda", "cylo.scratch=/dev/vdb", "cylo.channel=virtio-serial",
+		"cylo.root=/dev/vda", "cylo.scratch=/dev/vdb",
 	}, " ")
-	return []string{
+	if m.accel == AccelTCG {
+		// Under TCG the guest reads the host's TSC. Telling the kernel its
+		// frequency skips the calibration against the emulated PIT, which
+		// fails on a busy host and hangs the boot before init.
+		if khz, err := tsc.HostKHz(); err == nil {
+			cmdline += fmt.Sprintf(" tsc_early_khz=%d", khz)
+		}
+	}
+	channel := []string{
+		"-device", "virtio-serial-device",
+		"-chardev", "socket,id=agent,path=" + filepath.Join(m.dir, agentSocket) + ",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name=" + agentproto.SerialPortName,
+	}
+	var network []string
+	if m.net != nil {
+		// The ssh transport: no agent channel, a network interface, and
+		// cylo.mode=ssh, on which the guest starts sshd.
+		var kernel []string
+		kernel, network = m.net.netArgs()
+		cmdline += " " + strings.Join(kernel, " ")
+		channel = nil
+	} else {
+		cmdline += " cylo.channel=virtio-serial"
+	}
+	args := []string{
 		"-name", "cylo-" + m.id,
 		// microvm with ACPI on (its default): Debian's cloud kernel finds
 		// the virtio-mmio devices through ACPI and ignores the command-line
@@ -216,10 +273,9 @@ func (d *Driver) args(m *machine, req *cylo.Request) []string {
 		"-drive", "id=scratch,file=" + filepath.Join(m.dir, scratchDisk) + ",format=raw,if=none,cache=unsafe",
 		"-device", "virtio-blk-device,drive=scratch",
 		"-device", "virtio-rng-device",
-		"-device", "virtio-serial-device",
-		"-chardev", "socket,id=agent,path=" + filepath.Join(m.dir, agentSocket) + ",server=on,wait=off",
-		"-device", "virtserialport,chardev=agent,name=" + agentproto.SerialPortName,
 	}
+	args = append(args, channel...)
+	return append(args, network...)
 }
 
 // connect waits for the guest agent. It fails early, with the console
@@ -287,16 +343,23 @@ func (m *machine) teardown() error {
 // withConsole appends the tail of the guest console and of QEMU's own log
 // to err, which is where a failed boot explains itself.
 func (m *machine) withConsole(err error) error {
+	tail := m.consoleTail()
+	if tail == "" {
+		return err
+	}
+	return fmt.Errorf("%w\n%s", err, tail)
+}
+
+// consoleTail returns the last lines of the guest console and of QEMU's
+// own log, or "" when both are empty.
+func (m *machine) consoleTail() string {
 	var b strings.Builder
 	for _, f := range []struct{ name, file string }{{"guest console", consoleLog}, {"qemu log", vmmLog}} {
 		if tail := procfs.Tail(filepath.Join(m.dir, f.file), 30); tail != "" {
-			fmt.Fprintf(&b, "\n--- %s (last lines) ---\n%s", f.name, tail)
+			fmt.Fprintf(&b, "--- %s (last lines) ---\n%s\n", f.name, tail)
 		}
 	}
-	if b.Len() == 0 {
-		return err
-	}
-	return fmt.Errorf("%w%s", err, b.String())
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 // phaseClock returns a function that appends a phase ending now.

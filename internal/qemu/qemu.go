@@ -17,6 +17,7 @@ import (
 
 	"github.com/cylo-dev/cylo"
 	"github.com/cylo-dev/cylo/internal/kvm"
+	"github.com/cylo-dev/cylo/internal/sshexec"
 	"github.com/cylo-dev/cylo/internal/vmstate"
 )
 
@@ -58,6 +59,22 @@ type Config struct {
 	GuestOverheadBytes int64
 	// Logger receives lifecycle messages. Nil discards them.
 	Logger *slog.Logger
+
+	// Transport is cylo.TransportAgent (the default when empty) or
+	// cylo.TransportSSH. With ssh the guest boots with cylo.mode=ssh, a
+	// network interface and the image's sshd, and requests run over SSH.
+	Transport string
+	// SSH is how to log in to the guest with the ssh transport. An empty
+	// Host means the guest this driver booted, at the address its network
+	// gives it.
+	SSH sshexec.Config
+	// Network is the guest network of the ssh transport: vmnet.ModeUser
+	// (the default) or vmnet.ModeTAP.
+	Network string
+	// TAPName names the TAP device in ModeTAP. Empty means "cylo" and the
+	// VM id. Each VM's device sits in a network namespace of its own, so
+	// a fixed name does not clash between VMs.
+	TAPName string
 }
 
 // Driver runs requests in QEMU microVMs. It is safe for concurrent use.
@@ -87,6 +104,9 @@ func New(cfg Config) (*Driver, error) {
 	case AccelAuto, AccelKVM, AccelTCG:
 	default:
 		return nil, fmt.Errorf("unknown accelerator %q: use kvm, tcg or leave it empty to choose", cfg.Accelerator)
+	}
+	if err := cfg.validateTransport(); err != nil {
+		return nil, err
 	}
 	if cfg.Store == nil {
 		store, err := vmstate.Open("")

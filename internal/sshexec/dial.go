@@ -30,6 +30,17 @@ type options struct {
 	attemptTimeout time.Duration
 	pollInterval   time.Duration
 	consoleTail    func() string
+	dial           DialFunc
+}
+
+// DialFunc opens the TCP connection to the server, like
+// net.Dialer.DialContext.
+type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+// WithDialer makes every attempt connect through dial, for example from
+// inside another network namespace. The default is a net.Dialer.
+func WithDialer(dial DialFunc) Option {
+	return func(o *options) { o.dial = dial }
 }
 
 // WithLogger logs through l: a warning whenever host key verification is
@@ -69,6 +80,7 @@ func newOptions(opts []Option) *options {
 		bootTimeout:    DefaultBootTimeout,
 		attemptTimeout: DefaultAttemptTimeout,
 		pollInterval:   DefaultPollInterval,
+		dial:           new(net.Dialer).DialContext,
 	}
 	for _, opt := range opts {
 		opt(o)
@@ -237,8 +249,7 @@ func dialOnce(ctx context.Context, cfg Config, o *options) (client *ssh.Client, 
 
 	attemptCtx, cancel := context.WithTimeout(ctx, o.attemptTimeout)
 	defer cancel()
-	var dialer net.Dialer
-	conn, err := dialer.DialContext(attemptCtx, "tcp", addr)
+	conn, err := o.dial(attemptCtx, "tcp", addr)
 	if err != nil {
 		return nil, false, err
 	}

@@ -9,8 +9,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/cylo-dev/cylo/internal/vmnet"
 )
 
 // Report lists what one GC run did.
@@ -37,7 +38,8 @@ const vmmExitTimeout = 5 * time.Second
 //
 // For each such VM, GC sends SIGKILL to the VMM's process group if the VMM
 // pid and start time still match, and reaps the VMM if it is a child of
-// this process. It then deletes the TAP devices, removes the paths and
+// this process. It then deletes the TAP devices and the network namespace
+// that contains them, removes the paths and
 // the runtime directory, and removes the record. Records of a live owner
 // are never touched.
 //
@@ -104,8 +106,12 @@ func (s *Store) reclaim(ctx context.Context, rec Record) (killed bool, err error
 	}
 
 	var errs []error
-	for _, name := range rec.TAPDevices {
-		errs = append(errs, deleteTAP(name))
+	if rec.NetNS != "" {
+		errs = append(errs, vmnet.RemoveNamespace(rec.NetNS, rec.TAPDevices))
+	} else {
+		for _, name := range rec.TAPDevices {
+			errs = append(errs, vmnet.DeleteLink(name))
+		}
 	}
 	for _, p := range append(rec.Paths, rec.RuntimeDir) {
 		errs = append(errs, removePath(p))
@@ -171,23 +177,6 @@ func waitExit(ctx context.Context, pid int, start uint64) error {
 		}
 		delay = min(2*delay, 50*time.Millisecond)
 	}
-}
-
-// deleteTAP deletes the TAP device name. A missing device is not an
-// error.
-func deleteTAP(name string) error {
-	link, err := netlink.LinkByName(name)
-	var notFound netlink.LinkNotFoundError
-	if errors.As(err, &notFound) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("find tap device %s: %w", name, err)
-	}
-	if err := netlink.LinkDel(link); err != nil {
-		return fmt.Errorf("delete tap device %s: %w", name, err)
-	}
-	return nil
 }
 
 // removePath removes p and everything below it. Empty paths are skipped.

@@ -30,8 +30,13 @@ type Record struct {
 	VMMStart uint64 `json:"vmm_start,omitempty"`
 	// RuntimeDir is removed with everything in it.
 	RuntimeDir string `json:"runtime_dir,omitempty"`
-	// TAPDevices are deleted by name in the network namespace GC runs in.
+	// TAPDevices are deleted by name: inside NetNS when it is set, else in
+	// the network namespace GC runs in.
 	TAPDevices []string `json:"tap_devices,omitempty"`
+	// NetNS is the named network namespace (/run/netns/NAME) that
+	// contains the VM's TAP devices and VMM. GC removes it after the TAP
+	// devices.
+	NetNS string `json:"netns,omitempty"`
 	// Paths are further files or directories outside RuntimeDir to remove,
 	// such as a scratch disk.
 	Paths   []string  `json:"paths,omitempty"`
