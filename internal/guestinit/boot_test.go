@@ -16,7 +16,9 @@ import (
 	"github.com/cylo-dev/cylo/internal/tsc"
 )
 
-// bootTimeout bounds one boot under TCG, which takes a few seconds.
+// bootTimeout bounds one boot under TCG, which takes a few seconds, plus
+// the checks bootcheck runs. Compiling Go and Rust in the full profile
+// takes longer.
 const bootTimeout = 90 * time.Second
 
 // TestBootQEMU builds an image whose /init is testdata/bootcheck, boots it
@@ -53,6 +55,41 @@ func TestBootQEMU(t *testing.T) {
 		"cylo-check hostname: cylo\n",
 	}
 	for _, want := range wants {
+		if !strings.Contains(console, want) {
+			t.Errorf("console lacks %q", strings.TrimSpace(want))
+		}
+	}
+	if t.Failed() {
+		t.Logf("console:\n%s", tailLines(console, 60))
+	}
+}
+
+// TestBootFullProfile compiles and runs Go and Rust programs in the full
+// profile. Building that image takes about two minutes on a cold cache.
+func TestBootFullProfile(t *testing.T) {
+	if os.Getenv("CYLO_VM_TESTS") != "1" || os.Getenv("CYLO_FULL_IMAGE_TESTS") != "1" {
+		t.Skip("builds the full image (about two minutes, as root) and boots it: set CYLO_VM_TESTS=1 and CYLO_FULL_IMAGE_TESTS=1 to run")
+	}
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Skip("qemu-system-x86_64 not found: install the Debian package qemu-system-x86")
+	}
+
+	img := buildTestImage(t, image.ProfileFull)
+	scratch := filepath.Join(t.TempDir(), "scratch.ext4")
+	if err := image.NewScratchDisk(scratch, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	console, timing := bootQEMU(t, qemu, img, scratch,
+		"cylo.root=/dev/vda cylo.scratch=/dev/vdb cylo.channel=vsock")
+	t.Logf("QEMU start to cylo-boot-ok: %v, to exit: %v", timing.bootOK, timing.exit)
+
+	for _, want := range []string{
+		"cylo-check config: channel=vsock mode=agent\n",
+		"cylo-check python: 42\n",
+		"cylo-check go: 42\n",
+		"cylo-check rust: 42\n",
+	} {
 		if !strings.Contains(console, want) {
 			t.Errorf("console lacks %q", strings.TrimSpace(want))
 		}
@@ -146,7 +183,11 @@ func qemuArgs(t *testing.T, img *image.Image, scratch, cmdline string) []string 
 // console output and timings.
 func bootQEMU(t *testing.T, qemu string, img *image.Image, scratch, cmdline string) (string, bootTiming) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout)
+	timeout := bootTimeout
+	if img.Profile == image.ProfileFull {
+		timeout = 5 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 
 	out := &consoleRecorder{start: time.Now()}
@@ -158,7 +199,7 @@ func bootQEMU(t *testing.T, qemu string, img *image.Image, scratch, cmdline stri
 	console, bootOK := out.snapshot()
 	timing.bootOK = bootOK
 	if ctx.Err() != nil {
-		t.Fatalf("VM did not exit within %v\nconsole:\n%s", bootTimeout, tailLines(console, 60))
+		t.Fatalf("VM did not exit within %v\nconsole:\n%s", timeout, tailLines(console, 60))
 	}
 	if err != nil {
 		t.Fatalf("qemu: %v\nconsole:\n%s", err, tailLines(console, 60))

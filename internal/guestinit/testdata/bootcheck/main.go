@@ -67,7 +67,29 @@ func main() {
 		return string(out), err
 	})
 	report("hostname", os.Hostname)
+	if _, err := os.Stat("/usr/bin/go"); err == nil {
+		report("go", func() (string, error) {
+			return compileAndRun("main.go", "package main\n\nfunc main() { println(6 * 7) }\n",
+				"go build -o /tmp/cylo-go main.go && /tmp/cylo-go")
+		})
+		report("rust", func() (string, error) {
+			return compileAndRun("main.rs", "fn main() { println!(\"{}\", 6 * 7); }\n",
+				"rustc -o /tmp/cylo-rs main.rs && /tmp/cylo-rs")
+		})
+	}
 	stop()
+}
+
+// compileAndRun writes source to /work/name and runs script there.
+func compileAndRun(name, source, script string) (string, error) {
+	if err := os.WriteFile("/work/"+name, []byte(source), 0o644); err != nil {
+		return "", err
+	}
+	cmd := exec.Command("/bin/sh", "-c", script)
+	cmd.Dir = "/work"
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=/tmp", "GOCACHE=/tmp/go-cache", "GOPATH=/tmp/go", "GOFLAGS=-buildvcs=false", "CGO_ENABLED=0"}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 // serveSSH runs sshd and reaps children until sshd exits, as the agent
