@@ -16,11 +16,16 @@ func newFirecracker(o Options) (cylo.Backend, error) {
 		return &unbuiltFirecracker{binary: o.FirecrackerBinary, imageErr: imgErr}, nil
 	}
 	return firecracker.New(firecracker.Config{
-		Binary:     o.FirecrackerBinary,
-		KernelPath: img.VMLinux,
-		InitrdPath: img.Initrd,
-		RootfsPath: img.Rootfs,
-		Logger:     o.Logger.With("vmm", Firecracker),
+		Binary:      o.FirecrackerBinary,
+		KernelPath:  img.VMLinux,
+		InitrdPath:  img.Initrd,
+		RootfsPath:  img.Rootfs,
+		Logger:      o.Logger.With("vmm", Firecracker),
+		BootTimeout: o.BootTimeout,
+		Transport:   o.Transport,
+		SSH:         sshWithImage(o.SSH, img),
+		Network:     o.Network,
+		TAPName:     o.TAPName,
 	})
 }
 

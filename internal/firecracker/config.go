@@ -8,7 +8,10 @@ import (
 	"os/exec"
 	"time"
 
+	"github.com/cylo-dev/cylo"
 	"github.com/cylo-dev/cylo/internal/kvm"
+	"github.com/cylo-dev/cylo/internal/sshexec"
+	"github.com/cylo-dev/cylo/internal/vmnet"
 	"github.com/cylo-dev/cylo/internal/vmstate"
 )
 
@@ -56,6 +59,21 @@ type Config struct {
 	// KVMCheck reports whether /dev/kvm can run guests. Nil means
 	// kvm.Check. Tests replace it.
 	KVMCheck func() kvm.Status
+
+	// Transport is cylo.TransportAgent (the default when empty) or
+	// cylo.TransportSSH. With ssh every guest gets a TAP device, boots
+	// with cylo.mode=ssh and runs requests over SSH.
+	Transport string
+	// SSH is how to log in to the guest with the ssh transport. An empty
+	// Host means the guest's address on its TAP link.
+	SSH sshexec.Config
+	// Network is the guest network of the ssh transport. Only
+	// vmnet.ModeTAP, the default, exists for Firecracker.
+	Network string
+	// TAPName names the TAP device. Empty means "cylo" and the VM id.
+	// Each VM's device sits in a network namespace of its own, so a
+	// fixed name does not clash between VMs.
+	TAPName string
 }
 
 // Defaults of the zero Config fields.
@@ -86,7 +104,29 @@ func (c *Config) Validate() error {
 	case c.MemoryOverheadMiB < 0:
 		return fmt.Errorf("firecracker: memory overhead %d MiB is negative: use 0 for the default", c.MemoryOverheadMiB)
 	}
-	return nil
+	return c.validateTransport()
+}
+
+// validateTransport checks the transport and network settings.
+func (c *Config) validateTransport() error {
+	if c.Network != vmnet.ModeNone && c.Network != vmnet.ModeTAP {
+		return fmt.Errorf("firecracker: network mode %q is not supported: use tap, the default (user networking exists on qemu only)", c.Network)
+	}
+	if _, err := vmnet.PlanTAP("00000000", c.TAPName); err != nil {
+		return fmt.Errorf("firecracker: %w", err)
+	}
+	switch c.Transport {
+	case "", cylo.TransportAgent:
+		return nil
+	case cylo.TransportSSH:
+	default:
+		return fmt.Errorf("firecracker: unknown transport %q: use agent or ssh", c.Transport)
+	}
+	check := c.SSH
+	if check.Host == "" {
+		check.Host = "guest" // the guest's TAP address, known per VM
+	}
+	return check.Validate()
 }
 
 // withDefaults returns a copy of c with every zero field set.
@@ -117,6 +157,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.KVMCheck == nil {
 		c.KVMCheck = kvm.Check
+	}
+	if c.Transport == "" {
+		c.Transport = cylo.TransportAgent
 	}
 	return c
 }

@@ -10,7 +10,10 @@ import (
 	"time"
 
 	"github.com/cylo-dev/cylo"
+	"github.com/cylo-dev/cylo/internal/agentproto"
 	"github.com/cylo-dev/cylo/internal/agentrun"
+	"github.com/cylo-dev/cylo/internal/sshexec"
+	"github.com/cylo-dev/cylo/internal/sshrun"
 	"github.com/cylo-dev/cylo/internal/vmstate"
 )
 
@@ -101,8 +104,8 @@ func binaryVersion(ctx context.Context, bin string) (string, error) {
 	return first, nil
 }
 
-// Run boots a VM sized for req, runs req through the guest agent, and
-// destroys the VM. A teardown failure is logged and leaves the vmstate
+// Run boots a VM sized for req, runs req through the guest agent or over
+// SSH (Config.Transport), and destroys the VM. A teardown failure is logged and leaves the vmstate
 // record for `cylo gc`, but does not fail a request that ran.
 func (d *Driver) Run(ctx context.Context, req *cylo.Request) (*cylo.Result, error) {
 	full, err := req.WithDefaults()
@@ -114,6 +117,10 @@ func (d *Driver) Run(ctx context.Context, req *cylo.Request) (*cylo.Result, erro
 		MemoryMiB: int((full.Limits.MemoryBytes+(1<<20)-1)>>20) + d.cfg.MemoryOverheadMiB,
 		DiskBytes: full.Limits.DiskBytes,
 		Network:   full.Network,
+	}
+	ssh := d.cfg.Transport == cylo.TransportSSH
+	if ssh {
+		spec.Network, spec.SSH = true, true
 	}
 
 	bootStart := time.Now()
@@ -127,20 +134,17 @@ func (d *Driver) Run(ctx context.Context, req *cylo.Request) (*cylo.Result, erro
 		}
 	}()
 
-	sess, err := d.connectAgent(ctx, m)
+	var res *cylo.Result
+	var boot, run time.Duration
+	health := &agentproto.Health{} // stays empty for the ssh transport
+	if ssh {
+		res, boot, run, err = d.runSSH(ctx, m, full, bootStart)
+	} else {
+		res, health, boot, run, err = d.runAgent(ctx, m, full, bootStart)
+	}
 	if err != nil {
 		return nil, err
 	}
-	defer sess.Close()
-	boot := time.Since(bootStart)
-	d.cfg.Logger.Info("guest agent ready", "vm_id", m.ID, "boot_ms", boot.Milliseconds(), "agent_version", sess.Health.AgentVersion)
-
-	runStart := time.Now()
-	res, err := sess.Exec(ctx, full)
-	if err != nil {
-		return nil, fmt.Errorf("run in firecracker vm %s: %w", m.ID, err)
-	}
-	run := time.Since(runStart)
 
 	d.addUsage(ctx, m, res)
 	res.Usage.Phases = append(res.Usage.Phases, cylo.Phase{Name: "boot", Duration: boot}, cylo.Phase{Name: "run", Duration: run})
@@ -149,12 +153,60 @@ func (d *Driver) Run(ctx context.Context, req *cylo.Request) (*cylo.Result, erro
 		VMM:          "firecracker",
 		VMMVersion:   m.VMMVersion,
 		Accelerator:  "kvm",
-		Transport:    "agent",
-		AgentVersion: sess.Health.AgentVersion,
-		Kernel:       sess.Health.Kernel,
+		Transport:    d.cfg.Transport,
+		AgentVersion: health.AgentVersion,
+		Kernel:       health.Kernel,
 		VMID:         m.ID,
 	}
 	return res, nil
+}
+
+// runAgent waits for the guest agent and runs req through it.
+func (d *Driver) runAgent(ctx context.Context, m *Machine, req *cylo.Request, bootStart time.Time) (_ *cylo.Result, _ *agentproto.Health, boot, run time.Duration, _ error) {
+	sess, err := d.connectAgent(ctx, m)
+	if err != nil {
+		return nil, nil, 0, 0, err
+	}
+	defer sess.Close()
+	boot = time.Since(bootStart)
+	d.cfg.Logger.Info("guest agent ready", "vm_id", m.ID, "boot_ms", boot.Milliseconds(), "agent_version", sess.Health.AgentVersion)
+
+	runStart := time.Now()
+	res, err := sess.Exec(ctx, req)
+	if err != nil {
+		return nil, nil, 0, 0, fmt.Errorf("run in firecracker vm %s: %w", m.ID, err)
+	}
+	return res, sess.Health, boot, time.Since(runStart), nil
+}
+
+// runSSH waits for the guest's sshd on its TAP address, dialing from
+// inside the VM's network namespace, and runs req over SSH.
+func (d *Driver) runSSH(ctx context.Context, m *Machine, req *cylo.Request, bootStart time.Time) (_ *cylo.Result, boot, run time.Duration, _ error) {
+	cfg := d.cfg.SSH
+	if cfg.Host == "" {
+		cfg.Host, cfg.Port = m.tap.Guest.Addr().String(), sshexec.DefaultPort
+	}
+	client, err := sshrun.Connect(ctx, sshrun.Target{
+		Config:      cfg,
+		Dial:        m.ns.DialContext,
+		BootTimeout: d.cfg.BootTimeout,
+		Exited:      m.proc.exited,
+		ConsoleTail: func() string { return logTail(m.path(consoleLogName), 20) },
+		Logger:      d.cfg.Logger.With("vm_id", m.ID),
+	})
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("firecracker vm %s: connect over ssh: %w", m.ID, err)
+	}
+	defer client.Close()
+	boot = time.Since(bootStart)
+	d.cfg.Logger.Info("guest ready", "vm_id", m.ID, "transport", "ssh", "boot_ms", boot.Milliseconds(), "ssh_addr", cfg.Address())
+
+	runStart := time.Now()
+	res, err := sshrun.Exec(ctx, client, req)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("run in firecracker vm %s over ssh: %w", m.ID, err)
+	}
+	return res, boot, time.Since(runStart), nil
 }
 
 // connectAgent waits up to BootTimeout for the guest agent.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/cylo-dev/cylo/internal/agentproto"
 	"github.com/cylo-dev/cylo/internal/undo"
+	"github.com/cylo-dev/cylo/internal/vmnet"
 	"github.com/cylo-dev/cylo/internal/vmstate"
 )
 
@@ -39,8 +40,12 @@ type MachineSpec struct {
 	// DiskBytes is the size of the writable scratch disk, a sparse file
 	// that the guest formats.
 	DiskBytes int64
-	// Network gives the guest eth0 on a TAP device.
+	// Network gives the guest eth0 on a TAP device in a network
+	// namespace of the VM's own, where firecracker runs too.
 	Network bool
+	// SSH boots the guest with cylo.mode=ssh, so that it starts the
+	// image's sshd instead of serving the agent. It needs Network.
+	SSH bool
 }
 
 // Machine is one booted Firecracker guest. The caller must Close it.
@@ -61,6 +66,9 @@ type Machine struct {
 	client  *Client
 	version version
 	record  vmstate.Record
+	// ns and tap are the guest network, nil without MachineSpec.Network.
+	ns      *vmnet.Namespace
+	tap     *vmnet.TAP
 	started bool
 	closed  bool
 	undo    undo.Stack
@@ -99,9 +107,8 @@ func (d *Driver) start(ctx context.Context, spec MachineSpec) (_ *Machine, err e
 	if err := m.createFiles(spec); err != nil {
 		return nil, err
 	}
-	var tap *tapDevice
 	if spec.Network {
-		if tap, err = m.createTAP(); err != nil {
+		if err := m.createNetwork(); err != nil {
 			return nil, err
 		}
 	}
@@ -111,8 +118,8 @@ func (d *Driver) start(ctx context.Context, spec MachineSpec) (_ *Machine, err e
 	if err := m.checkVersion(ctx); err != nil {
 		return nil, err
 	}
-	m.BootArgs = bootArgs(tap)
-	if err := m.configure(ctx, spec, tap); err != nil {
+	m.BootArgs = bootArgs(m.tap, spec.SSH)
+	if err := m.configure(ctx, spec, m.tap); err != nil {
 		return nil, err
 	}
 
@@ -153,27 +160,34 @@ func (m *Machine) createFiles(spec MachineSpec) error {
 	return nil
 }
 
-func (m *Machine) createTAP() (*tapDevice, error) {
-	tap, err := planTAP(m.ID)
+// createNetwork creates the VM's network namespace and the TAP device in
+// it. Both are recorded before they exist, so a crash in between still
+// leaves cylo gc the names to delete.
+func (m *Machine) createNetwork() error {
+	tap, err := vmnet.PlanTAP(m.ID, m.cfg.TAPName)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	// Record the device before creating it, so a crash in between still
-	// leaves GC a name to delete.
+	m.record.NetNS = vmnet.NamespaceName(m.ID)
 	m.record.TAPDevices = append(m.record.TAPDevices, tap.Name)
 	if err := m.register(); err != nil {
-		return nil, err
+		return err
 	}
-	if err := tap.create(); err != nil {
-		return nil, err
+	ns, err := vmnet.CreateNamespace(m.record.NetNS)
+	if err != nil {
+		return err
 	}
-	m.undo.Push("delete tap device", tap.remove)
-	return &tap, nil
+	m.undo.Push("remove network namespace", func() error { return ns.Remove([]string{tap.Name}) })
+	if err := ns.CreateTAP(tap); err != nil {
+		return err
+	}
+	m.ns, m.tap = ns, &tap
+	return nil
 }
 
 func (m *Machine) startProcess(ctx context.Context, bin string) error {
 	sock := m.path(apiSocketName)
-	proc, err := startProcess(bin, []string{"--api-sock", sock, "--id", m.ID}, m.Dir, m.path(consoleLogName))
+	proc, err := startProcess(bin, []string{"--api-sock", sock, "--id", m.ID}, m.Dir, m.path(consoleLogName), m.ns)
 	if err != nil {
 		return err
 	}
@@ -220,7 +234,7 @@ func (m *Machine) checkVersion(ctx context.Context) error {
 // configure sends the pre-boot configuration, in the order Firecracker's
 // getting-started guide uses, with the logger and metrics first so they
 // capture the rest.
-func (m *Machine) configure(ctx context.Context, spec MachineSpec, tap *tapDevice) error {
+func (m *Machine) configure(ctx context.Context, spec MachineSpec, tap *vmnet.TAP) error {
 	type put struct {
 		path string
 		body any
@@ -272,8 +286,9 @@ func (m *Machine) withProcessState(err error) error {
 	}
 }
 
-// bootArgs returns the guest kernel command line.
-func bootArgs(tap *tapDevice) string {
+// bootArgs returns the guest kernel command line. With ssh the guest
+// starts the image's sshd on eth0 instead of the agent.
+func bootArgs(tap *vmnet.TAP, ssh bool) string {
 	args := []string{
 		"console=ttyS0", // the serial console, written to console.log
 		"reboot=k",      // reboot through the i8042 reset line, on which Firecracker exits
@@ -285,10 +300,14 @@ func bootArgs(tap *tapDevice) string {
 		// SendCtrlAltDel needs.
 		"i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd",
 		// cylo's initramfs reads these: the read-only rootfs, the
-		// scratch disk, and the agent's channel.
+		// scratch disk, and the agent's channel or ssh mode.
 		"cylo.root=/dev/vda",
 		"cylo.scratch=/dev/vdb",
-		"cylo.channel=vsock",
+	}
+	if ssh {
+		args = append(args, "cylo.mode=ssh")
+	} else {
+		args = append(args, "cylo.channel=vsock")
 	}
 	if tap != nil {
 		args = append(args, "cylo.ip="+tap.Guest.String(), "cylo.gw="+tap.Host.Addr().String())

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cylo-dev/cylo/internal/vmnet"
 )
 
 // process is a running firecracker. It leads its own process group, so one
@@ -29,8 +31,9 @@ type process struct {
 }
 
 // startProcess starts bin with args in its own process group, its stdout
-// and stderr appended to logPath.
-func startProcess(bin string, args []string, dir, logPath string) (*process, error) {
+// and stderr appended to logPath. A non-nil ns is the network namespace
+// it runs in, where it finds the TAP device by name.
+func startProcess(bin string, args []string, dir, logPath string, ns *vmnet.Namespace) (*process, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create firecracker log: %w", err)
@@ -42,7 +45,11 @@ func startProcess(bin string, args []string, dir, logPath string) (*process, err
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if ns != nil {
+		start = func() error { return ns.Start(cmd) }
+	}
+	if err := start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 

@@ -1,6 +1,8 @@
 package firecracker
 
 import (
+	"github.com/cylo-dev/cylo/internal/vmnet"
+
 	"context"
 	"net"
 	"path/filepath"
@@ -51,22 +53,22 @@ func TestParseMetricsSumsLines(t *testing.T) {
 	}
 }
 
-func TestPlanTAP(t *testing.T) {
-	tap, err := planTAP("0001abcd")
+func TestBootArgsNetwork(t *testing.T) {
+	tap, err := vmnet.PlanTAP("0001abcd", "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tap.Name != "fc0001abcd" || len(tap.Name) > 15 {
-		t.Errorf("name = %q", tap.Name)
+
+	agent := bootArgs(&tap, false)
+	if !strings.HasSuffix(agent, " cylo.channel=vsock cylo.ip=172.29.0.6/30 cylo.gw=172.29.0.5") {
+		t.Errorf("agent boot args with network = %q", agent)
 	}
-	if tap.Host.String() != "172.29.0.5/30" || tap.Guest.String() != "172.29.0.6/30" {
-		t.Errorf("addresses = %v, %v, want 172.29.0.5/30 and 172.29.0.6/30", tap.Host, tap.Guest)
+	ssh := bootArgs(&tap, true)
+	if !strings.HasSuffix(ssh, " cylo.mode=ssh cylo.ip=172.29.0.6/30 cylo.gw=172.29.0.5") {
+		t.Errorf("ssh boot args = %q", ssh)
 	}
-	if tap.GuestMAC != "06:00:ac:1d:00:06" {
-		t.Errorf("guest MAC = %q", tap.GuestMAC)
-	}
-	if got := bootArgs(&tap); !strings.HasSuffix(got, " cylo.ip=172.29.0.6/30 cylo.gw=172.29.0.5") {
-		t.Errorf("boot args with network = %q", got)
+	if strings.Contains(ssh, "cylo.channel") {
+		t.Errorf("ssh boot args = %q, want no agent channel", ssh)
 	}
 }
 
