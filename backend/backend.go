@@ -112,17 +112,32 @@ func Auto(ctx context.Context, o Options) (cylo.Backend, []cylo.Health, error) {
 	return nil, tried, errors.New("no usable backend: run cylo doctor to see why")
 }
 
-// FindImage returns the built image for o without building it.
+// FindImage returns the built image for o. When only the agent changed
+// since the image was built (a rebuilt cylo-agent), it writes a new
+// initramfs from the cached kernel and root filesystem; it never
+// downloads packages or runs debootstrap.
 func FindImage(o Options) (*image.Image, error) {
 	agentPath, err := FindAgent(o.AgentPath)
 	if err != nil {
 		return nil, err
 	}
-	return image.Lookup(image.Options{
+	io := image.Options{
 		Profile:   image.Profile(o.Profile),
 		AgentPath: agentPath,
 		CacheDir:  o.CacheDir,
-	})
+	}
+	img, err := image.Lookup(io)
+	if err == nil || !errors.Is(err, image.ErrNotBuilt) {
+		return img, err
+	}
+	io.CachedOnly = true
+	img, refreshErr := image.Build(context.Background(), io)
+	if refreshErr != nil {
+		// The Lookup error names the build command a user needs; the
+		// refresh error only says which cached part is missing.
+		return nil, fmt.Errorf("%w (%v)", err, refreshErr)
+	}
+	return img, nil
 }
 
 // FindAgent returns the cylo-agent binary: path when set, else the one
