@@ -136,6 +136,10 @@ type Usage struct {
 	// VMMRSSBytes is the VMM process's resident set size, read on the host
 	// before teardown.
 	VMMRSSBytes int64 `json:"vmm_rss_bytes"`
+	// AgentRSSBytes is the guest agent's resident set size when it
+	// responded to the health check after boot, as the agent reported it.
+	// Zero with the ssh transport or an agent too old to report it.
+	AgentRSSBytes int64 `json:"agent_rss_bytes,omitempty"`
 	// Phases is the time spent in each step of the request, in order.
 	Phases []Phase `json:"phases"`
 }

@@ -77,6 +77,19 @@ func TestHealthReportsProtocol(t *testing.T) {
 	}
 }
 
+func TestHealthReportsAgentRSS(t *testing.T) {
+	client := startAgent(t)
+	h, err := client.Health(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The agent is this test process: its RSS is at least a megabyte and
+	// far below a gigabyte.
+	if h.RSSBytes < 1<<20 || h.RSSBytes > 1<<30 {
+		t.Errorf("rss_bytes = %d, want between 1 MiB and 1 GiB", h.RSSBytes)
+	}
+}
+
 func TestExecSeparatesStreamsAndExitCode(t *testing.T) {
 	client := startAgent(t)
 	status, stdout, stderr := run(t, client, execSpec("/bin/sh", "-c", "echo out; echo err >&2; exit 5"), nil)

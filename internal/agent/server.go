@@ -9,12 +9,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
 
 	"github.com/cylo-dev/cylo/internal/agentproto"
+	"github.com/cylo-dev/cylo/internal/procfs"
 )
 
 // Version is the agent build, set with -ldflags "-X ...agent.Version=...".
@@ -57,7 +59,6 @@ type Server struct {
 	started time.Time
 	h2      *http2.Server
 	mux     *http.ServeMux
-
 }
 
 // runCounter numbers runs across every Server of the process, so their
@@ -118,6 +119,7 @@ func (s *Server) handleHealth(w http.ResponseWriter, r *http.Request) {
 		Kernel:       s.cfg.Kernel,
 		Cgroups:      s.cfg.CgroupParent != "",
 		UptimeMillis: time.Since(s.started).Milliseconds(),
+		RSSBytes:     procfs.RSS(os.Getpid()),
 	})
 }
 

@@ -47,6 +47,10 @@ type Health struct {
 	// enforced.
 	Cgroups      bool  `json:"cgroups"`
 	UptimeMillis int64 `json:"uptime_ms"`
+	// RSSBytes is the agent process's resident set size when it served this request.
+	// Agents built before this field existed leave it out, so zero means
+	// unknown.
+	RSSBytes int64 `json:"rss_bytes,omitempty"`
 }
 
 // Sync is the body of POST /v1/sync, sent once after boot: the host's

@@ -152,7 +152,9 @@ func (s *Session) Exec(ctx context.Context, req *cylo.Request) (*cylo.Result, er
 	if status.Error != "" {
 		return nil, fmt.Errorf("start program in guest: %s", status.Error)
 	}
-	return resultFrom(status, stdout, stderr), nil
+	result := resultFrom(status, stdout, stderr)
+	result.Usage.AgentRSSBytes = s.Health.RSSBytes
+	return result, nil
 }
 
 func resultFrom(status *agentproto.ExitStatus, stdout, stderr *cappedBuffer) *cylo.Result {
