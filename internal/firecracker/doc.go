@@ -30,9 +30,12 @@
 // needs CONFIG_ACPI and CONFIG_PCI). The default image therefore boots
 // on Firecracker versions that describe devices through ACPI.
 //
-// NOTE: ACPI device discovery arrived in Firecracker 1.8.0 according to
-// its release notes. The API definition does not show it, and no
-// Firecracker before 1.8 was tried. To boot an older Firecracker, set
+// ACPI support for x86_64 arrived during the 1.8.0 development cycle
+// (firecracker-microvm/firecracker pull request 4428, "Add ACPI support
+// for x86_64"), so the default image needs Firecracker 1.8 or later.
+//
+// NOTE: no Firecracker binary was run with this image: the host that built
+// cylo had no usable KVM. To boot an older Firecracker, set
 // Config.KernelPath to a vmlinux built with CONFIG_VIRTIO_MMIO=y and
 // CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y (Firecracker's own guest configs
 // work) and Config.InitrdPath to an initramfs that does not need to load
