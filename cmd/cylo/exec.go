@@ -31,6 +31,10 @@ type execFlags struct {
 	dir       string
 	jsonOut   bool
 	network   bool
+	// skipHealth runs on a named backend whose health check fails, such
+	// as the firecracker backend with its test double on a host without
+	// KVM.
+	skipHealth bool
 }
 
 func (f *execFlags) register(cmd *cobra.Command) {
@@ -46,6 +50,7 @@ func (f *execFlags) register(cmd *cobra.Command) {
 	fs.StringVar(&f.dir, "dir", "/work", "working directory in the guest")
 	fs.BoolVar(&f.jsonOut, "json", false, "print the whole result as JSON on stdout (output bytes encoded, see README)")
 	fs.BoolVar(&f.network, "network", false, "give the guest a network interface (off by default)")
+	fs.BoolVar(&f.skipHealth, "skip-health-check", false, "run on the --backend named even when its health check fails (for test doubles and diagnosis)")
 }
 
 // request builds the request from the flags; code is the program text.
@@ -184,7 +189,7 @@ func runSnippet(ctx context.Context, g *globalFlags, f *execFlags, language cylo
 	if language == cylo.Go || language == cylo.Rust {
 		profile = "full"
 	}
-	b, err := chooseBackend(ctx, g, g.backendOptions(profile))
+	b, err := chooseBackend(ctx, g, g.backendOptions(profile), f.skipHealth)
 	if err != nil {
 		return err
 	}
@@ -230,7 +235,7 @@ func limitNote(req *cylo.Request, r *cylo.Result) string {
 }
 
 // chooseBackend returns the backend the flags name, or the first usable.
-func chooseBackend(ctx context.Context, g *globalFlags, o backend.Options) (cylo.Backend, error) {
+func chooseBackend(ctx context.Context, g *globalFlags, o backend.Options, skipHealth bool) (cylo.Backend, error) {
 	name := g.cfg.Backend
 	if name == "" || name == "auto" {
 		b, tried, err := backend.Auto(ctx, o)
@@ -248,7 +253,10 @@ func chooseBackend(ctx context.Context, g *globalFlags, o backend.Options) (cylo
 		return nil, err
 	}
 	if h := b.Health(ctx); !h.Usable {
-		return nil, fmt.Errorf("backend %s is not usable: %s", name, h.Reason)
+		if !skipHealth {
+			return nil, fmt.Errorf("backend %s is not usable: %s (cylo doctor shows details)", name, h.Reason)
+		}
+		o.Logger.Warn("running although the health check failed (--skip-health-check)", "backend", name, "reason", h.Reason)
 	}
 	return b, nil
 }
