@@ -68,6 +68,7 @@ status, stdout and stderr, time, memory and which limit fired.`,
 		newDoctorCommand(g),
 		newImageCommand(g),
 		newGCCommand(g),
+		newBenchCommand(g),
 	)
 	return root
 }
