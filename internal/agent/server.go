@@ -35,7 +35,8 @@ type Config struct {
 	// DirBase, when set, is prefixed to the working directory and to
 	// absolute file paths of every request. A host-process agent uses it so
 	// that runs write under a directory of their own, not into the host's
-	// /work.
+	// /work. NOTE: concurrent requests with the same Dir share that
+	// directory, so one run can overwrite another's files before they run.
 	DirBase string
 	// Home is the HOME directory given to programs when the request does
 	// not set one.

@@ -78,11 +78,12 @@ func TestMarkdownShowsRatiosAndGaps(t *testing.T) {
 	text := page.String()
 	for _, want := range []string{
 		"| floor: host process, no sandbox | — | 10.0 ms | — |",
-		"2.00 s (1.00 s–3.00 s), 200×",            // cold python total and its ratio
-		"| boot to agent ready |",                 // the phase column title
+		"2.00 s (1.00 s–3.00 s), 200×",                        // cold python total and its ratio
+		"| boot to agent ready |",                             // the phase column title
 		"| qemu (tcg): cold run | 1 | 0.50 | 1.00 | 0.005× |", // throughput ratio below 0.01
 		"- firecracker: no Firecracker binary.",
 		"1 failed runs, first: boot timed out",
+		"python 12.0 ms against 10.0 ms on the floor (+2.00 ms)",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("page lacks %q:\n%s", want, text)
@@ -90,8 +91,8 @@ func TestMarkdownShowsRatiosAndGaps(t *testing.T) {
 	}
 }
 
-// sampleReport is a report with fixed figures: a floor, one QEMU path
-// with a failed run, and a skipped Firecracker.
+// sampleReport is a report with fixed figures: a floor, a host-process
+// agent, one QEMU path with a failed run, and a skipped Firecracker.
 func sampleReport() *Report {
 	r := &Report{Runs: 3, Concurrency: []int{1}, Started: time.Unix(0, 0), Finished: time.Unix(60, 0)}
 	floor := newPath(KindFloor, "floor: host process, no sandbox")
@@ -99,6 +100,9 @@ func sampleReport() *Report {
 	floor.Throughput[1] = &Stats{}
 	floor.Throughput[1].add(100)
 	floor.memory(memoryFloor).add(10 << 20)
+
+	agent := newPath(KindAgent, "agent protocol")
+	agent.stats(agent.Single, cylo.Python).add(0.012)
 
 	vm := newPath(KindVM, "qemu (tcg): cold run")
 	vm.Accelerator = "tcg"
@@ -112,7 +116,7 @@ func sampleReport() *Report {
 	vm.Throughput[1].add(0.5)
 	vm.memory(memoryVMM).add(300 << 20)
 
-	r.Paths = []*Path{floor, vm}
+	r.Paths = []*Path{floor, agent, vm}
 	r.NotMeasured = []NotMeasured{{Backend: "firecracker", Reason: "no Firecracker binary"}}
 	return r
 }

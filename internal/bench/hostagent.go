@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,6 +25,7 @@ type hostAgent struct {
 	dir    string
 	socket string
 	exited chan struct{}
+	runs   atomic.Int64 // numbers the runs' working directories
 }
 
 // agentStopTimeout bounds the wait for the agent to exit after SIGTERM,
@@ -92,7 +94,13 @@ func (a *hostAgent) run(ctx context.Context, s snippet) (*cylo.Result, error) {
 		return nil, fmt.Errorf("connect to the host-process agent: %w", err)
 	}
 	defer session.Close()
-	res, err := session.Exec(ctx, s.request())
+
+	// Every run gets its own working directory, as in a fresh guest. Runs
+	// that share one on the host overwrite each other's main.py, and
+	// python then runs an empty file.
+	req := s.request()
+	req.Dir = fmt.Sprintf("/work/%d", a.runs.Add(1))
+	res, err := session.Exec(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("%s through the host-process agent: %w", s.language, err)
 	}
