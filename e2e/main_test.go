@@ -82,8 +82,10 @@ func needVMs(t *testing.T) {
 	}
 }
 
-// backendNames are the backends every property test runs on.
-var backendNames = []string{backend.QEMU, "firecracker-double"}
+// backendNames are the backends every property test runs on: QEMU with
+// the agent, the Firecracker driver against its test double, and QEMU
+// with the SSH transport (the ssh image, sshd in the guest).
+var backendNames = []string{backend.QEMU, "firecracker-double", "qemu-ssh"}
 
 // newBackend returns a backend for name with the image of profile.
 func newBackend(t *testing.T, name, profile string) cylo.Backend {
@@ -107,6 +109,18 @@ func newBackend(t *testing.T, name, profile string) cylo.Backend {
 			t.Fatal(err)
 		}
 		return d
+	case "qemu-ssh":
+		b, err := backend.New(backend.QEMU, backend.Options{
+			Profile:     "ssh",
+			AgentPath:   env.agent,
+			Transport:   cylo.TransportSSH,
+			BootTimeout: 90 * time.Second,
+			Logger:      logger,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
 	case "firecracker-double":
 		if !env.specFound {
 			t.Skip("the Firecracker API spec was not found: see fctest.FindSpec")

@@ -21,11 +21,25 @@ func forEachBackend(t *testing.T, f func(t *testing.T, b cylo.Backend)) {
 	}
 }
 
+// isSSH reports whether the subtest runs on the ssh transport.
+func isSSH(t *testing.T) bool {
+	return strings.HasSuffix(t.Name(), "/qemu-ssh")
+}
+
 // realVM skips on backends whose "guest" is a host process.
 func realVM(t *testing.T, b cylo.Backend) {
 	t.Helper()
 	if b.Name() == "firecracker" {
 		t.Skip("the Firecracker test double runs the agent as a host process: no guest kernel, network or cgroup controllers to check")
+	}
+}
+
+// agentLimits skips where limits come from the agent's cgroup: the SSH
+// transport runs the program through sshd, with no cgroup of its own.
+func agentLimits(t *testing.T) {
+	t.Helper()
+	if isSSH(t) {
+		t.Skip("the ssh transport has no per-run cgroup: memory and process limits are not enforced there")
 	}
 }
 
@@ -229,6 +243,7 @@ wait`
 func TestMemoryLimitOOM(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b cylo.Backend) {
 		realVM(t, b)
+		agentLimits(t)
 		req := py(`
 chunks = []
 while True:
@@ -254,6 +269,7 @@ while True:
 func TestForkBombHitsPidsLimit(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b cylo.Backend) {
 		realVM(t, b)
+		agentLimits(t)
 		req := sh(`bomb() { bomb | bomb & }; bomb; sleep 3; echo survived`)
 		req.Limits.MaxProcesses = 64
 		req.Timeout = 20 * time.Second
@@ -317,6 +333,9 @@ func TestBackgroundProcessesDoNotHoldRun(t *testing.T) {
 func TestNetworkOffByDefault(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b cylo.Backend) {
 		realVM(t, b)
+		if isSSH(t) {
+			t.Skip("the ssh transport needs the guest's network")
+		}
 		res := run(t, b, py(`
 import os, socket
 print(sorted(os.listdir("/sys/class/net")))

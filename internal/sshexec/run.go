@@ -216,6 +216,9 @@ func (r *remoteRun) prepare(spec lang.Spec, ex Exec) error {
 	if err := r.writeFile(ctl+"/run.sh", []byte(runScript(ctl, r.dir, env, spec.Argv)), 0o600); err != nil {
 		return err
 	}
+	if err := r.writeFile(ctl+"/watch.sh", []byte(watchScript(ctl)), 0o600); err != nil {
+		return err
+	}
 	return r.writeFile(ctl+"/kill.sh", []byte(killScript(ctl)), 0o600)
 }
 
@@ -355,6 +358,12 @@ func (r *remoteRun) execute(ctx context.Context, client *ssh.Client, ex Exec) (*
 	}
 	if ex.Stdin != nil {
 		go stdin.copy(ex.Stdin)
+	}
+	if watcher, err := client.NewSession(); err == nil {
+		// The watcher's own result does not matter: without it, background
+		// processes are still killed by the timeout.
+		defer watcher.Close()
+		_ = watcher.Start("exec /bin/sh " + quote(r.ctl+"/watch.sh"))
 	}
 	waited := make(chan error, 1)
 	go func() { waited <- session.Wait() }()

@@ -367,14 +367,17 @@ sleep %[1]s
 		assertNoProcesses(t, mark)
 	})
 
-	t.Run("timeout with exited main process", func(t *testing.T) {
-		// The background sleep keeps stdout open after bash exits, so
-		// the session ends only when Run kills it.
+	t.Run("background process killed at exit", func(t *testing.T) {
+		// The background sleep keeps stdout open after bash exits; the
+		// watcher kills it, so the run ends long before its timeout.
 		mark := marker(t)
-		res := mustRunBash(t, client, "sleep "+mark+" &\nexit 3", Exec{Timeout: time.Second})
+		res := mustRunBash(t, client, "sleep "+mark+" &\nexit 3", Exec{Timeout: 30 * time.Second})
 
-		if !res.status.TimedOut {
-			t.Error("TimedOut is not set")
+		if res.status.TimedOut {
+			t.Error("TimedOut is set: the background process held the run until the timeout")
+		}
+		if res.status.Wall > 10*time.Second {
+			t.Errorf("wall time %s, want the run to end when bash exits", res.status.Wall)
 		}
 		if res.status.ExitCode != 3 {
 			t.Errorf("exit code = %d, want 3, the status bash exited with", res.status.ExitCode)
