@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"strings"
 
 	"github.com/cylo-dev/cylo"
 	"github.com/cylo-dev/cylo/internal/firecracker"
@@ -41,21 +42,21 @@ func (u *unbuiltFirecracker) Name() string { return Firecracker }
 
 func (u *unbuiltFirecracker) Health(ctx context.Context) cylo.Health {
 	h := cylo.Health{Backend: Firecracker}
+	var problems []string
 	binary := u.binary
 	if binary == "" {
 		binary = "firecracker"
 	}
-	path, err := exec.LookPath(binary)
-	if err != nil {
-		h.Reason = fmt.Sprintf("firecracker binary %q not found: install it or set --firecracker-bin", binary)
-		return h
+	if path, err := exec.LookPath(binary); err != nil {
+		problems = append(problems, fmt.Sprintf("firecracker binary %q not found: install it or set --firecracker-bin", binary))
+	} else {
+		h.Details = append(h.Details, "binary: "+path)
 	}
-	h.Details = append(h.Details, "binary: "+path)
 	if st := kvm.Check(); !st.Usable {
-		h.Reason = st.Reason
-		return h
+		problems = append(problems, st.Reason)
 	}
-	h.Reason = u.imageErr.Error()
+	problems = append(problems, u.imageErr.Error())
+	h.Reason = strings.Join(problems, "; and ")
 	return h
 }
 

@@ -55,28 +55,27 @@ func (d *Driver) Name() string { return Name }
 // Health reports whether this host can run Firecracker guests: the binary,
 // a usable /dev/kvm, and the kernel, initrd and rootfs files.
 func (d *Driver) Health(ctx context.Context) cylo.Health {
+	// Every problem is listed, not only the first, so that a user fixes
+	// them in one pass.
 	h := cylo.Health{Backend: Name}
-	fail := func(reason string) cylo.Health {
-		h.Reason = reason
-		return h
-	}
+	var problems []string
 
-	bin, err := d.cfg.findBinary()
-	if err != nil {
-		return fail(err.Error())
-	}
-	h.Details = append(h.Details, "binary: "+bin)
-	if v, err := binaryVersion(ctx, bin); err == nil {
-		h.Details = append(h.Details, "version: "+v)
+	if bin, err := d.cfg.findBinary(); err != nil {
+		problems = append(problems, err.Error())
 	} else {
-		h.Details = append(h.Details, "version: unknown ("+err.Error()+")")
+		h.Details = append(h.Details, "binary: "+bin)
+		if v, err := binaryVersion(ctx, bin); err == nil {
+			h.Details = append(h.Details, "version: "+v)
+		} else {
+			h.Details = append(h.Details, "version: unknown ("+err.Error()+")")
+		}
 	}
 
-	st := d.cfg.KVMCheck()
-	if !st.Usable {
-		return fail(st.Reason)
+	if st := d.cfg.KVMCheck(); !st.Usable {
+		problems = append(problems, st.Reason)
+	} else {
+		h.Details = append(h.Details, "accelerator: kvm ("+st.Device+")")
 	}
-	h.Details = append(h.Details, "accelerator: kvm ("+st.Device+")")
 
 	files := []struct{ what, path, flag string }{
 		{"guest kernel", d.cfg.KernelPath, "the kernel path"},
@@ -85,8 +84,13 @@ func (d *Driver) Health(ctx context.Context) cylo.Health {
 	}
 	for _, f := range files {
 		if _, err := os.Stat(f.path); err != nil {
-			return fail(fmt.Sprintf("%s %s is missing: build the image with cylo image build or set %s", f.what, f.path, f.flag))
+			problems = append(problems, fmt.Sprintf("%s %s is missing: build the image with cylo image build or set %s", f.what, f.path, f.flag))
+			break
 		}
+	}
+	if len(problems) > 0 {
+		h.Reason = strings.Join(problems, "; and ")
+		return h
 	}
 	h.Usable = true
 	return h

@@ -345,7 +345,7 @@ func (m *machine) teardown() error {
 func (m *machine) withConsole(err error) error {
 	tail := m.consoleTail()
 	if tail == "" {
-		return err
+		return fmt.Errorf("%w\n(the guest console is empty: the kernel printed nothing yet; under TCG on a busy host, a longer --boot-timeout helps)", err)
 	}
 	return fmt.Errorf("%w\n%s", err, tail)
 }
