@@ -22,6 +22,7 @@ import (
 	"github.com/cylo-dev/cylo/internal/firecracker/fctest"
 	"github.com/cylo-dev/cylo/internal/kvm"
 	"github.com/cylo-dev/cylo/internal/qemu"
+	"github.com/cylo-dev/cylo/internal/vmstate"
 )
 
 // env is what TestMain found: binaries and images.
@@ -30,6 +31,7 @@ var env struct {
 	agent     string // cylo-agent binary
 	cylo      string // cylo CLI binary
 	fake      string // fake-firecracker, the Firecracker test double
+	runDir    string // CYLO_RUN_DIR of the tests
 	specFound bool
 }
 
@@ -68,6 +70,11 @@ func setup(dir string) error {
 	if err != nil {
 		return err
 	}
+	// VMs of this test process and of the cylo processes it starts live
+	// under a run directory of its own, so leftovers sees only them and
+	// not VMs of other cylo users on the host.
+	env.runDir = filepath.Join(dir, "run")
+	os.Setenv(vmstate.RunDirEnv, env.runDir)
 	if _, err := fctest.FindSpec(); err == nil {
 		env.specFound = true
 	}
@@ -166,15 +173,14 @@ func (w testWriter) Write(p []byte) (int, error) {
 func leftovers(t *testing.T) []string {
 	t.Helper()
 	var found []string
-	for _, pattern := range []string{"qemu-system-x86_64 -name cylo-", "fake-firecracker --api-sock"} {
-		out, _ := exec.Command("pgrep", "-a", "-f", pattern).Output()
-		if len(out) > 0 {
-			found = append(found, string(out))
-		}
+	// VMM command lines name sockets in their runtime directory.
+	out, _ := exec.Command("pgrep", "-a", "-f", env.runDir+"/vm/").Output()
+	if len(out) > 0 {
+		found = append(found, string(out))
 	}
-	entries, _ := os.ReadDir("/run/cylo/vm")
+	entries, _ := os.ReadDir(filepath.Join(env.runDir, "vm"))
 	for _, e := range entries {
-		found = append(found, "runtime dir /run/cylo/vm/"+e.Name())
+		found = append(found, "runtime dir "+filepath.Join(env.runDir, "vm", e.Name()))
 	}
 	return found
 }

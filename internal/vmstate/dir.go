@@ -25,7 +25,14 @@ const MaxSocketPath = 107
 // keeps room for it below MaxSocketPath.
 const MaxSocketName = 24
 
-// Dir returns the state directory: /run/cylo/state for root, else
+// RunDirEnv names the environment variable that replaces /run/cylo (and
+// its per-user equivalents) as the parent of the state and runtime
+// directories, so that separate cylo installations or test runs do not see
+// each other's VMs.
+const RunDirEnv = "CYLO_RUN_DIR"
+
+// Dir returns the state directory: $CYLO_RUN_DIR/state when that is set,
+// /run/cylo/state for root, else
 // $XDG_RUNTIME_DIR/cylo/state, else /tmp/cylo-$UID/state.
 func Dir() string {
 	return filepath.Join(runRoot(), "state")
@@ -39,6 +46,9 @@ func RuntimeBase() string {
 }
 
 func runRoot() string {
+	if dir := os.Getenv(RunDirEnv); dir != "" {
+		return dir
+	}
 	if os.Geteuid() == 0 {
 		return "/run/cylo"
 	}
