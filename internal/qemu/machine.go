@@ -343,11 +343,7 @@ func (m *machine) teardown() error {
 // withConsole appends the tail of the guest console and of QEMU's own log
 // to err, which is where a failed boot explains itself.
 func (m *machine) withConsole(err error) error {
-	tail := m.consoleTail()
-	if tail == "" {
-		return fmt.Errorf("%w\n(the guest console is empty: the kernel printed nothing yet; under TCG on a busy host, a longer --boot-timeout helps)", err)
-	}
-	return fmt.Errorf("%w\n%s", err, tail)
+	return fmt.Errorf("%w\n%s", err, m.consoleTail())
 }
 
 // consoleTail returns the last lines of the guest console and of QEMU's
@@ -358,6 +354,9 @@ func (m *machine) consoleTail() string {
 		if tail := procfs.Tail(filepath.Join(m.dir, f.file), 30); tail != "" {
 			fmt.Fprintf(&b, "--- %s (last lines) ---\n%s\n", f.name, tail)
 		}
+	}
+	if b.Len() == 0 {
+		return "(the guest console is empty: the kernel printed nothing yet; under TCG on a busy host, a longer boot timeout helps)"
 	}
 	return strings.TrimSuffix(b.String(), "\n")
 }
