@@ -347,7 +347,7 @@ func (m *machine) withConsole(err error) error {
 }
 
 // consoleTail returns the last lines of the guest console and of QEMU's
-// own log, or "" when both are empty.
+// own log, or a note saying that both are empty.
 func (m *machine) consoleTail() string {
 	var b strings.Builder
 	for _, f := range []struct{ name, file string }{{"guest console", consoleLog}, {"qemu log", vmmLog}} {
