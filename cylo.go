@@ -2,9 +2,9 @@
 // what happened: exit status, stdout and stderr as separate byte streams,
 // wall and CPU time, peak memory, I/O counters and which limit fired.
 //
-// A Request names a language and the code; a Backend (QEMU microvm or
+// A Request names a language and the code. A Backend (QEMU microvm or
 // Firecracker) boots a fresh guest for it, runs the code through cylo's
-// guest agent or over SSH, and tears the guest down. Run picks the backend.
+// guest agent or over SSH, and tears the guest down.
 package cylo
 
 import (
@@ -55,7 +55,7 @@ type Request struct {
 	// Stdin is the program's standard input. Nil means the program reads
 	// EOF at once.
 	Stdin io.Reader
-	// Env is added to the guest's base environment (PATH, HOME, LANG).
+	// Env is added to the guest's base environment (PATH, LANG and HOME).
 	// Names must match [A-Za-z_][A-Za-z0-9_]*.
 	Env map[string]string
 	// Dir is the working directory in the guest (default /work). The code
@@ -92,7 +92,7 @@ const (
 	LimitPids    Limit = "pids"
 )
 
-// Result is what happened to one run. Every field comes from the guest or
+// Result is the outcome of one run. Every field comes from the guest or
 // the VMM that ran the code.
 type Result struct {
 	// ExitCode is the program's exit status, or 128+Signal when a signal
@@ -174,7 +174,7 @@ type Metadata struct {
 type Health struct {
 	Backend string `json:"backend"`
 	Usable  bool   `json:"usable"`
-	// Reason says, when Usable is false, why and what to do about it.
+	// Reason is, when Usable is false, the cause and what to do about it.
 	Reason string `json:"reason,omitempty"`
 	// Details lists facts found while checking (binary path, version,
 	// accelerator).
