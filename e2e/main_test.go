@@ -91,8 +91,9 @@ func needVMs(t *testing.T) {
 
 // backendNames are the backends every property test runs on: QEMU with
 // the agent, the Firecracker driver against its test double, and QEMU
-// with the SSH transport (the ssh image, sshd in the guest).
-var backendNames = []string{backend.QEMU, "firecracker-double", "qemu-ssh"}
+// with the SSH transport (the ssh image, sshd in the guest), and a real
+// Firecracker when CYLO_FIRECRACKER_BIN names one.
+var backendNames = []string{backend.QEMU, "firecracker-double", "qemu-ssh", "firecracker"}
 
 // newBackend returns a backend for name with the image of profile.
 func newBackend(t *testing.T, name, profile string) cylo.Backend {
@@ -128,6 +129,23 @@ func newBackend(t *testing.T, name, profile string) cylo.Backend {
 			t.Fatal(err)
 		}
 		return b
+	case backend.Firecracker:
+		bin := os.Getenv("CYLO_FIRECRACKER_BIN")
+		if bin == "" {
+			t.Skip("set CYLO_FIRECRACKER_BIN=/path/to/firecracker (1.8 or later) on a host with kvm_intel or kvm_amd to run this suite on a real Firecracker")
+		}
+		d, err := firecracker.New(firecracker.Config{
+			Binary:     bin,
+			KernelPath: img.VMLinux, InitrdPath: img.Initrd, RootfsPath: img.Rootfs,
+			Logger: logger,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := d.Health(context.Background()); !h.Usable {
+			t.Fatalf("CYLO_FIRECRACKER_BIN is set but the firecracker backend is unusable: %s", h.Reason)
+		}
+		return d
 	case "firecracker-double":
 		if !env.specFound {
 			t.Skip("the Firecracker API spec was not found: see fctest.FindSpec")

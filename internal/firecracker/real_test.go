@@ -18,7 +18,7 @@ import (
 func TestRealFirecracker(t *testing.T) {
 	bin := os.Getenv("CYLO_FIRECRACKER_BIN")
 	if bin == "" {
-		t.Skip("set CYLO_FIRECRACKER_BIN (and CYLO_FIRECRACKER_KERNEL, _INITRD, _ROOTFS) on a host with kvm_intel or kvm_amd to boot a real Firecracker guest")
+		t.Skip("set CYLO_FIRECRACKER_BIN (and CYLO_FIRECRACKER_KERNEL, _INITRD, _ROOTFS) on a host with kvm_intel or kvm_amd to boot a real Firecracker guest; the e2e package runs the whole property suite on it with CYLO_FIRECRACKER_BIN alone")
 	}
 	d, err := New(Config{
 		Binary:     bin,
