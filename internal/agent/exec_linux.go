@@ -132,10 +132,12 @@ func (r *run) killAll() {
 
 func (s *Server) execute(ctx context.Context, id int, spec *agentproto.ExecSpec, body io.Reader, out *outputSink) *agentproto.ExitStatus {
 	if s.cfg.DirBase != "" {
-		spec.Dir = filepath.Join(s.cfg.DirBase, spec.Dir)
+		root := filepath.Join(s.cfg.DirBase, fmt.Sprintf("run-%d", id))
+		defer os.RemoveAll(root)
+		spec.Dir = filepath.Join(root, spec.Dir)
 		for i, f := range spec.Files {
 			if filepath.IsAbs(f.Path) {
-				spec.Files[i].Path = filepath.Join(s.cfg.DirBase, f.Path)
+				spec.Files[i].Path = filepath.Join(root, f.Path)
 			}
 		}
 	}

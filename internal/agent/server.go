@@ -32,11 +32,11 @@ type Config struct {
 	CgroupParent string
 	// RunAs is the uid and gid programs run as. Nil keeps the agent's own.
 	RunAs *Credential
-	// DirBase, when set, is prefixed to the working directory and to
-	// absolute file paths of every request. A host-process agent uses it so
-	// that runs write under a directory of their own, not into the host's
-	// /work. NOTE: concurrent requests with the same Dir share that
-	// directory, so one run can overwrite another's files before they run.
+	// DirBase, when set, makes a host-process agent write each run's
+	// working directory and absolute file paths under DirBase/run-N, a
+	// directory of the run's own that is removed after it. Runs then never
+	// write into the host's /work or into each other's files, as in a
+	// fresh guest.
 	DirBase string
 	// Home is the HOME directory given to programs when the request does
 	// not set one.
