@@ -45,6 +45,10 @@ type machine struct {
 	record vmstate.Record
 	// net is the guest network of the ssh transport, nil for the agent.
 	net *netPlan
+	// channel is the agent channel; cid the guest's vsock context id when
+	// the channel is vsock.
+	channel string
+	cid     uint32
 }
 
 // Run boots a fresh VM for req, runs req through the guest agent or over
@@ -132,6 +136,13 @@ func (d *Driver) start(ctx context.Context, req *cylo.Request) (*machine, error)
 	}
 	m := &machine{id: id, dir: dir, exited: make(chan struct{})}
 	m.undo.Push("remove runtime directory", func() error { return os.RemoveAll(dir) })
+	m.channel, _ = chooseChannel(d.cfg.Channel, vhostVsockDevice)
+	if m.channel == ChannelVsock {
+		if m.cid, err = newGuestCID(); err != nil {
+			m.undo.Run()
+			return nil, fmt.Errorf("choose a guest cid: %w", err)
+		}
+	}
 
 	rec, err := vmstate.Owned(id, d.Name())
 	if err != nil {
@@ -242,6 +253,9 @@ func (d *Driver) args(m *machine, req *cylo.Request) []string {
 		"-chardev", "socket,id=agent,path=" + filepath.Join(m.dir, agentSocket) + ",server=on,wait=off",
 		"-device", "virtserialport,chardev=agent,name=" + agentproto.SerialPortName,
 	}
+	if m.channel == ChannelVsock {
+		channel = []string{"-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", m.cid)}
+	}
 	var network []string
 	if m.net != nil {
 		// The ssh transport: no agent channel, a network interface, and
@@ -251,7 +265,7 @@ func (d *Driver) args(m *machine, req *cylo.Request) []string {
 		cmdline += " " + strings.Join(kernel, " ")
 		channel = nil
 	} else {
-		cmdline += " cylo.channel=virtio-serial"
+		cmdline += " cylo.channel=" + m.channel
 	}
 	args := []string{
 		"-name", "cylo-" + m.id,
@@ -291,6 +305,10 @@ func (m *machine) connect(ctx context.Context, bootTimeout time.Duration) (*agen
 		}
 	}()
 
+	if m.channel == ChannelVsock {
+		session, err := agentrun.Connect(bootCtx, vsockDialer(m.cid), vsockAttempt)
+		return m.bootResult(ctx, session, bootTimeout, err)
+	}
 	socket := filepath.Join(m.dir, agentSocket)
 	dial := func(ctx context.Context) (net.Conn, error) {
 		var dialer net.Dialer
@@ -310,6 +328,12 @@ func (m *machine) connect(ctx context.Context, bootTimeout time.Duration) (*agen
 	// One long attempt: the port queues the request until the agent opens
 	// it, and a reconnect would discard what the guest already read.
 	session, err := agentrun.Connect(bootCtx, dial, bootTimeout)
+	return m.bootResult(ctx, session, bootTimeout, err)
+}
+
+// bootResult turns the outcome of waiting for the agent into the error a
+// user reads: QEMU's exit, an interruption, or a timeout with the console.
+func (m *machine) bootResult(ctx context.Context, session *agentrun.Session, bootTimeout time.Duration, err error) (*agentrun.Session, error) {
 	if err == nil {
 		return session, nil
 	}

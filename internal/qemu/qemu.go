@@ -44,6 +44,11 @@ type Config struct {
 	// Accelerator is AccelKVM, AccelTCG or AccelAuto (KVM when kvm.Check
 	// finds it usable, else TCG).
 	Accelerator string
+	// Channel is the agent channel: ChannelVsock (vhost-vsock, needs
+	// /dev/vhost-vsock), ChannelVirtioSerial (a virtio-serial port on a
+	// Unix socket, works on every host) or ChannelAuto (vsock when
+	// /dev/vhost-vsock is usable, else virtio-serial).
+	Channel string
 	// RuntimeBase is the parent of per-VM runtime directories. Default
 	// vmstate.RuntimeBase().
 	RuntimeBase string
@@ -105,6 +110,11 @@ func New(cfg Config) (*Driver, error) {
 	default:
 		return nil, fmt.Errorf("unknown accelerator %q: use kvm, tcg or leave it empty to choose", cfg.Accelerator)
 	}
+	switch cfg.Channel {
+	case ChannelAuto, ChannelVirtioSerial, ChannelVsock:
+	default:
+		return nil, fmt.Errorf("unknown agent channel %q: use vsock, virtio-serial or leave it empty to choose", cfg.Channel)
+	}
 	if err := cfg.validateTransport(); err != nil {
 		return nil, err
 	}
@@ -151,6 +161,8 @@ func (d *Driver) Health(ctx context.Context) cylo.Health {
 	h.Details = append(h.Details, "version: "+version)
 	accel, why := d.accelerator()
 	h.Details = append(h.Details, fmt.Sprintf("accelerator: %s (%s)", accel, why))
+	channel, why := chooseChannel(d.cfg.Channel, vhostVsockDevice)
+	h.Details = append(h.Details, fmt.Sprintf("agent channel: %s (%s)", channel, why))
 	if accel == AccelKVM && d.cfg.Accelerator == AccelKVM {
 		if st := kvm.Check(); !st.Usable {
 			h.Reason = "accelerator kvm was requested but " + st.Reason
