@@ -1,7 +1,8 @@
 // Package qemu is the QEMU driver: it boots cylo's guest image on QEMU's
 // microvm machine, with KVM when the host has a usable one and TCG
-// (software emulation) otherwise, and reaches the guest agent over a
-// virtio-serial port backed by a Unix socket.
+// (software emulation) otherwise, and reaches the guest agent over vsock
+// where the host has vhost-vsock, else over a virtio-serial port backed by
+// a Unix socket.
 package qemu
 
 import (
