@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/cylo-dev/cylo"
@@ -93,9 +94,20 @@ func New(name string, o Options) (cylo.Backend, error) {
 	}
 }
 
+// validate reports an option that no backend could use.
+func (o Options) validate() error {
+	if o.Profile != "" && !slices.Contains(image.Profiles(), image.Profile(o.Profile)) {
+		return fmt.Errorf("unknown image profile %q: use base, full or ssh", o.Profile)
+	}
+	return nil
+}
+
 // Auto returns the first backend in Names whose Health is usable, and the
 // health of every backend it tried.
 func Auto(ctx context.Context, o Options) (cylo.Backend, []cylo.Health, error) {
+	if err := o.validate(); err != nil {
+		return nil, nil, err
+	}
 	var tried []cylo.Health
 	for _, name := range Names {
 		b, err := New(name, o)
@@ -132,10 +144,13 @@ func FindImage(o Options) (*image.Image, error) {
 	}
 	io.CachedOnly = true
 	img, refreshErr := image.Build(context.Background(), io)
+	if errors.Is(refreshErr, image.ErrNotBuilt) {
+		// Nothing is cached for this profile: the Lookup error names the
+		// build command a user needs.
+		return nil, err
+	}
 	if refreshErr != nil {
-		// The Lookup error names the build command a user needs; the
-		// refresh error only says which cached part is missing.
-		return nil, fmt.Errorf("%w (%v)", err, refreshErr)
+		return nil, fmt.Errorf("%w (refreshing the initramfs from the cache failed: %v)", err, refreshErr)
 	}
 	return img, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -443,4 +444,40 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+func TestNetworkOnGivesOnlyItsOwnLink(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b cylo.Backend) {
+		realVM(t, b)
+		if isSSH(t) {
+			t.Skip("the ssh transport always has a network; TestNetworkOffByDefault covers the agent")
+		}
+		// The guest gets eth0 on a TAP device in a namespace of the VM's
+		// own; the host end answers nothing, and no other address exists.
+		req := py(`
+import os, socket
+print(sorted(os.listdir("/sys/class/net")))
+gw = [l.split()[2] for l in open("/proc/net/route").read().splitlines()[1:] if l.split()[1] == "00000000"]
+print("default route:", len(gw) == 1)
+s = socket.socket()
+s.settimeout(2)
+try:
+    s.connect(("127.0.0.2", 9))
+    print("tcp ok")
+except OSError:
+    print("tcp failed")
+`)
+		req.Network = true
+		res := run(t, b, req)
+		want := "['eth0', 'lo']\ndefault route: True\ntcp failed\n"
+		if string(res.Stdout) != want {
+			t.Errorf("stdout %q, want %q (stderr %q)", res.Stdout, want, res.Stderr)
+		}
+		if left := leftovers(t); len(left) > 0 {
+			t.Errorf("left after the run: %v", left)
+		}
+		if out, _ := exec.Command("ip", "netns", "list").Output(); strings.Contains(string(out), "cylo-") {
+			t.Errorf("network namespaces left: %s", out)
+		}
+	})
 }

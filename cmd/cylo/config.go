@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -19,7 +21,7 @@ import (
 
 // fileConfig is the config file, $XDG_CONFIG_HOME/cylo/config.yaml by
 // default. Every key is also a flag of the same name with dashes; a flag
-// given on the command line wins.
+// given on the command line wins. Unknown keys are rejected.
 type fileConfig struct {
 	Backend        string `yaml:"backend"`
 	Profile        string `yaml:"profile"`
@@ -38,6 +40,14 @@ type fileConfig struct {
 	// ssh_key_path, ssh_password, ssh_agent, ssh_known_hosts,
 	// ssh_host_key, ssh_insecure_ignore_host_key).
 	SSH sshexec.Config `yaml:",inline"`
+
+	// Run defaults for exec and run, in the flags' units ("30s", "512MiB").
+	Timeout   time.Duration `yaml:"timeout"`
+	Memory    string        `yaml:"memory"`
+	MaxOutput string        `yaml:"max_output"`
+	Disk      string        `yaml:"disk"`
+	MaxProcs  int           `yaml:"max_procs"`
+	VCPUs     int           `yaml:"vcpus"`
 }
 
 // passwordEnv is the environment variable read for ssh_password when no
@@ -48,6 +58,9 @@ const passwordEnv = "CYLO_SSH_PASSWORD"
 type globalFlags struct {
 	configPath string
 	cfg        fileConfig
+	// file is the config file as read, for the run defaults that exec and
+	// run apply to their own flags.
+	file fileConfig
 }
 
 func (g *globalFlags) register(root *cobra.Command) {
@@ -86,9 +99,12 @@ func (g *globalFlags) load(cmd *cobra.Command) error {
 		return fmt.Errorf("read config file: %w", err)
 	}
 	var file fileConfig
-	if err := yaml.Unmarshal(data, &file); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
+	decoder := yaml.NewDecoder(bytes.NewReader(data))
+	decoder.KnownFields(true)
+	if err := decoder.Decode(&file); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config file %s: %w (keys are the flag names with underscores, such as backend, timeout, ssh_host)", path, err)
 	}
+	g.file = file
 	flags := cmd.Flags()
 	fill := func(flag string, dst *string, value string) {
 		if !flags.Changed(flag) && value != "" {

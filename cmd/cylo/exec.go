@@ -53,6 +53,35 @@ func (f *execFlags) register(cmd *cobra.Command) {
 	fs.BoolVar(&f.skipHealth, "skip-health-check", false, "run on the --backend named even when its health check fails (for test doubles and diagnosis)")
 }
 
+// applyFile takes the run defaults of the config file for every flag the
+// command line did not set.
+func (f *execFlags) applyFile(cmd *cobra.Command, file fileConfig) {
+	flags := cmd.Flags()
+	set := func(flag string, apply func()) {
+		if !flags.Changed(flag) {
+			apply()
+		}
+	}
+	if file.Timeout != 0 {
+		set("timeout", func() { f.timeout = file.Timeout })
+	}
+	if file.Memory != "" {
+		set("memory", func() { f.memory = file.Memory })
+	}
+	if file.MaxOutput != "" {
+		set("max-output", func() { f.maxOutput = file.MaxOutput })
+	}
+	if file.Disk != "" {
+		set("disk", func() { f.disk = file.Disk })
+	}
+	if file.MaxProcs != 0 {
+		set("max-procs", func() { f.maxProcs = file.MaxProcs })
+	}
+	if file.VCPUs != 0 {
+		set("vcpus", func() { f.vcpus = file.VCPUs })
+	}
+}
+
 // request builds the request from the flags; code is the program text.
 func (f *execFlags) request(language cylo.Language, code string) (*cylo.Request, error) {
 	req := &cylo.Request{
@@ -108,8 +137,14 @@ program; otherwise the program reads EOF.`,
 		Example: `  cylo exec --lang python 'import sys; print(6*7); sys.exit(3)'
   echo 'console.log(1)' | cylo exec --lang javascript -
   cylo exec --lang bash --json 'echo hi'`,
-		Args: cobra.ExactArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return fmt.Errorf("exec takes one argument, the code (or - to read it from stdin); got %d", len(args))
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			f.applyFile(cmd, g.file)
 			if f.language == "" {
 				return fmt.Errorf("missing --lang: use one of %s", strings.Join(lang.Names(), ", "))
 			}
@@ -134,8 +169,14 @@ extension (.sh, .py, .js, .go, .rs) unless --lang is given. Stdin is
 forwarded when it is not a terminal.`,
 		Example: `  cylo run hello.py
   cylo run --timeout 5s --memory 128MiB main.go`,
-		Args: cobra.ExactArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return fmt.Errorf("run takes one argument, the source file; got %d", len(args))
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			f.applyFile(cmd, g.file)
 			language := cylo.Language(f.language)
 			if language == "" {
 				var err error

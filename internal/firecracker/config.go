@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"time"
 
 	"github.com/cylo-dev/cylo"
@@ -174,7 +175,9 @@ func (c *Config) findBinary() (string, error) {
 		if info.IsDir() || info.Mode().Perm()&0o111 == 0 {
 			return "", fmt.Errorf("firecracker binary %s is not executable: chmod +x it or set --firecracker-bin", c.Binary)
 		}
-		return c.Binary, nil
+		// The process starts in its runtime directory, where a relative
+		// path would no longer resolve.
+		return filepath.Abs(c.Binary)
 	}
 	path, err := exec.LookPath("firecracker")
 	if err != nil {

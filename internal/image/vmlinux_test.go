@@ -88,8 +88,13 @@ func TestExtractVMLinuxDebian(t *testing.T) {
 	path := os.Getenv("CYLO_TEST_BZIMAGE")
 	if path == "" {
 		matches, _ := filepath.Glob("/boot/vmlinuz-*-cloud-amd64")
+		if cache, err := DefaultCacheDir(); err == nil {
+			// Kernels that cylo image build downloaded.
+			cached, _ := filepath.Glob(filepath.Join(cache, "kernel-*", "vmlinuz"))
+			matches = append(matches, cached...)
+		}
 		if len(matches) == 0 {
-			t.Skip("no cloud kernel found: set CYLO_TEST_BZIMAGE=/path/to/vmlinuz-*-cloud-amd64")
+			t.Skip("no cloud kernel found: build an image (cylo image build) or set CYLO_TEST_BZIMAGE=/path/to/vmlinuz-*-cloud-amd64")
 		}
 		path = matches[0]
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/cylo-dev/cylo/internal/procfs"
 	"github.com/cylo-dev/cylo/internal/tsc"
 	"github.com/cylo-dev/cylo/internal/undo"
+	"github.com/cylo-dev/cylo/internal/vmnet"
 	"github.com/cylo-dev/cylo/internal/vmstate"
 )
 
@@ -59,9 +60,6 @@ func (d *Driver) Run(ctx context.Context, req *cylo.Request) (_ *cylo.Result, er
 		return nil, err
 	}
 	ssh := d.cfg.Transport == cylo.TransportSSH
-	if req.Network && !ssh {
-		return nil, fmt.Errorf("%w: the qemu backend's agent transport has no guest network: run without networking, or use the ssh transport", cylo.ErrInvalidRequest)
-	}
 	var phases []cylo.Phase
 	mark := phaseClock(&phases)
 
@@ -157,8 +155,14 @@ func (d *Driver) start(ctx context.Context, req *cylo.Request) (*machine, error)
 	m.undo.Push("remove vm record", func() error { return d.cfg.Store.Remove(id) })
 	m.record = rec
 
-	if d.cfg.Transport == cylo.TransportSSH {
-		if err := d.setupNetwork(m); err != nil {
+	if d.cfg.Transport == cylo.TransportSSH || req.Network {
+		mode := d.cfg.Network
+		if d.cfg.Transport != cylo.TransportSSH {
+			// The agent needs no forward: a requested network is eth0 on a
+			// TAP device in the VM's own namespace, as on Firecracker.
+			mode = vmnet.ModeTAP
+		}
+		if err := d.setupNetwork(m, mode); err != nil {
 			m.undo.Run()
 			return nil, fmt.Errorf("vm %s: set up the guest network: %w", id, err)
 		}
@@ -258,11 +262,13 @@ func (d *Driver) args(m *machine, req *cylo.Request) []string {
 	}
 	var network []string
 	if m.net != nil {
-		// The ssh transport: no agent channel, a network interface, and
-		// cylo.mode=ssh, on which the guest starts sshd.
 		var kernel []string
 		kernel, network = m.net.netArgs()
 		cmdline += " " + strings.Join(kernel, " ")
+	}
+	if d.cfg.Transport == cylo.TransportSSH {
+		// No agent channel: with cylo.mode=ssh the guest starts sshd.
+		cmdline += " cylo.mode=ssh"
 		channel = nil
 	} else {
 		cmdline += " cylo.channel=" + m.channel

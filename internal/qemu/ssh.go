@@ -71,11 +71,11 @@ func freeLoopbackPort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// setupNetwork prepares the network of m for the ssh transport: a
-// loopback port for user networking, or a namespace with a TAP device,
-// recorded for cylo gc before it is created.
-func (d *Driver) setupNetwork(m *machine) error {
-	plan := &netPlan{mode: d.cfg.Network}
+// setupNetwork prepares the network of m in mode: a loopback port for
+// user networking (the ssh transport's forward), or a namespace with a TAP
+// device, recorded for cylo gc before it is created.
+func (d *Driver) setupNetwork(m *machine, mode string) error {
+	plan := &netPlan{mode: mode}
 	m.net = plan
 	if plan.mode == vmnet.ModeUser {
 		port, err := freeLoopbackPort()
@@ -106,7 +106,6 @@ func (d *Driver) setupNetwork(m *machine) error {
 // restrict=on keeps a user-networked guest from reaching anything but
 // the forward, which listens on 127.0.0.1 only.
 func (p *netPlan) netArgs() (kernel, qemuArgs []string) {
-	kernel = []string{"cylo.mode=ssh"}
 	switch p.mode {
 	case vmnet.ModeUser:
 		kernel = append(kernel, "cylo.ip="+vmnet.UserGuest.String(), "cylo.gw="+vmnet.UserGateway.String())
