@@ -126,7 +126,7 @@ func Auto(ctx context.Context, o Options) (cylo.Backend, []cylo.Health, error) {
 
 // FindImage returns the built image for o. When only the agent changed
 // since the image was built (a rebuilt cylo-agent), it writes a new
-// initramfs from the cached kernel and root filesystem; it never
+// initramfs from the cached kernel and root filesystem. It never
 // downloads packages or runs debootstrap.
 func FindImage(o Options) (*image.Image, error) {
 	agentPath, err := FindAgent(o.AgentPath)
@@ -202,8 +202,8 @@ func newQEMU(o Options) (cylo.Backend, error) {
 	return d, nil
 }
 
-// missingImage is a backend whose image is not built: Health and Run say
-// how to build it.
+// missingImage is a backend whose image is not built. Its Health and Run
+// errors name the command that builds it.
 type missingImage struct {
 	cylo.Backend
 	err error

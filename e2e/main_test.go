@@ -91,8 +91,8 @@ func needVMs(t *testing.T) {
 
 // backendNames are the backends every property test runs on: QEMU with
 // the agent, the Firecracker driver against its test double, and QEMU
-// with the SSH transport (the ssh image, sshd in the guest), and a real
-// Firecracker when CYLO_FIRECRACKER_BIN names one.
+// with the SSH transport (the ssh image, sshd in the guest). A real
+// Firecracker joins them when CYLO_FIRECRACKER_BIN names one.
 var backendNames = []string{backend.QEMU, "firecracker-double", "qemu-ssh", "firecracker"}
 
 // newBackend returns a backend for name with the image of profile.

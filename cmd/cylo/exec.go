@@ -258,7 +258,8 @@ func runSnippet(ctx context.Context, g *globalFlags, f *execFlags, language cylo
 	return nil
 }
 
-// limitNote says which limit ended the run, for a user reading a terminal.
+// limitNote names the limit that ended the run, for a user reading a
+// terminal.
 func limitNote(req *cylo.Request, r *cylo.Result) string {
 	var notes []string
 	switch r.LimitHit {

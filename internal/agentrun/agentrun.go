@@ -1,6 +1,6 @@
 // Package agentrun runs a cylo.Request through a guest agent: it waits for
 // the agent after boot, turns the request into an exec spec from the
-// language table, and turns the agent's answer into a cylo.Result. Every
+// language table, and turns the agent's exit status into a cylo.Result. Every
 // VMM driver that reaches the agent uses it.
 package agentrun
 
@@ -30,7 +30,7 @@ type Session struct {
 // Close closes the connection.
 func (s *Session) Close() error { return s.Client.Close() }
 
-// Connect dials the agent until it answers a health check, then syncs the
+// Connect dials the agent until it responds to a health check, then syncs the
 // guest's clock and entropy pool. Each attempt gets attemptTimeout; a
 // stream that queues bytes until the guest reads them (virtio-serial) wants
 // one long attempt, a connection the VMM rejects while nothing listens in
@@ -51,7 +51,7 @@ func Connect(ctx context.Context, dial Dialer, attemptTimeout time.Duration) (*S
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("guest agent did not answer after %d attempts: %w (last error: %v)", attempt, ctx.Err(), lastErr)
+			return nil, fmt.Errorf("guest agent did not respond after %d attempts: %w (last error: %v)", attempt, ctx.Err(), lastErr)
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 200*time.Millisecond)
@@ -127,7 +127,7 @@ func Spec(req *cylo.Request) (*agentproto.ExecSpec, error) {
 }
 
 // hostGrace is how long past the request's timeout the host waits for the
-// agent's answer before it gives up on the guest.
+// agent's exit status before it gives up on the guest.
 const hostGrace = 15 * time.Second
 
 // Exec runs req, whose defaults are filled, and returns its result with

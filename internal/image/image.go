@@ -96,9 +96,9 @@ type Options struct {
 	// the private key in the image directory.
 	AuthorizedKey string
 	// CachedOnly makes Build use only the kernel and root filesystem
-	// already in the cache: it then writes a new initramfs for a changed
-	// agent in well under a second, needs neither root nor the mirror,
-	// and fails with ErrNotBuilt when a part is missing.
+	// already in the cache. It then writes a new initramfs for a changed
+	// agent in well under a second and needs neither root nor the mirror.
+	// It fails with ErrNotBuilt when a part is missing.
 	CachedOnly bool
 	// Progress, if set, is called when each build step starts and ends.
 	Progress func(Step)
