@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -87,28 +88,46 @@ func newImageListCommand(g *globalFlags) *cobra.Command {
 				}
 				return err
 			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "NAME\tSIZE ON DISK")
+			seen := make(map[uint64]bool)
+			var total int64
 			for _, e := range entries {
 				if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 					continue
 				}
-				fmt.Printf("%-40s %s\n", e.Name(), formatSize(dirSize(filepath.Join(dir, e.Name()))))
+				size, unique := dirSize(filepath.Join(dir, e.Name()), seen)
+				total += unique
+				fmt.Fprintf(w, "%s\t%.1f MiB\n", e.Name(), float64(size)/(1<<20))
 			}
-			return nil
+			// Images share their kernel and root filesystem with the
+			// cached parts through hard links, so the total counts each
+			// file once.
+			fmt.Fprintf(w, "total\t%.1f MiB\n", float64(total)/(1<<20))
+			return w.Flush()
 		},
 	}
 }
 
 // dirSize returns the allocated size of the files under dir, so sparse
-// images count for what they use.
-func dirSize(dir string) int64 {
-	var total int64
+// images count for what they use, and the part of it in files not in seen
+// (by inode), which it adds to seen.
+func dirSize(dir string, seen map[uint64]bool) (size, unique int64) {
 	filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
-			if info, err := d.Info(); err == nil {
-				total += allocated(info)
-			}
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		n := allocated(info)
+		size += n
+		if ino := inode(info); !seen[ino] {
+			seen[ino] = true
+			unique += n
 		}
 		return nil
 	})
-	return total
+	return size, unique
 }
