@@ -18,7 +18,7 @@ func newImageCommand(g *globalFlags) *cobra.Command {
 		Use:   "image",
 		Short: "Build and list guest images",
 	}
-	cmd.AddCommand(newImageBuildCommand(g), newImageListCommand(g))
+	cmd.AddCommand(newImageBuildCommand(g), newImageListCommand(g), newImagePruneCommand(g))
 	return cmd
 }
 
@@ -130,4 +130,55 @@ func dirSize(dir string, seen map[uint64]bool) (size, unique int64) {
 		return nil
 	})
 	return size, unique
+}
+
+func newImagePruneCommand(g *globalFlags) *cobra.Command {
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "prune",
+		Short: "Remove images built for other cylo-agent binaries",
+		Long: `Remove the image directories that the current cylo-agent would not use:
+every agent build gets its own initramfs, so old ones accumulate. The
+cached kernels and root filesystems stay, so later builds stay fast.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o := g.backendOptions("")
+			dir := o.CacheDir
+			if dir == "" {
+				var err error
+				if dir, err = image.DefaultCacheDir(); err != nil {
+					return err
+				}
+			}
+			agent, err := backend.FindAgent(o.AgentPath)
+			if err != nil {
+				return err
+			}
+			keep := make(map[string]bool)
+			for _, profile := range image.Profiles() {
+				img, err := image.Lookup(image.Options{Profile: profile, AgentPath: agent, CacheDir: dir})
+				if err == nil {
+					keep[img.Dir] = true
+				}
+			}
+			for _, profile := range image.Profiles() {
+				dirs, _ := filepath.Glob(filepath.Join(dir, string(profile)+"-*"))
+				for _, d := range dirs {
+					if keep[d] {
+						continue
+					}
+					fmt.Println("remove", d)
+					if dryRun {
+						continue
+					}
+					if err := os.RemoveAll(d); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would be removed, remove nothing")
+	return cmd
 }
