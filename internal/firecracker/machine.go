@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cylo-dev/cylo/internal/agentproto"
+	"github.com/cylo-dev/cylo/internal/procfs"
 	"github.com/cylo-dev/cylo/internal/undo"
 	"github.com/cylo-dev/cylo/internal/vmnet"
 	"github.com/cylo-dev/cylo/internal/vmstate"
@@ -324,7 +325,7 @@ func (m *Machine) DialAgent(ctx context.Context) (net.Conn, error) {
 // Usage flushes Firecracker's metrics and returns the VMM's counters and
 // resident set size. Call it after the run, before Close.
 func (m *Machine) Usage(ctx context.Context) (metrics vmMetrics, rss int64, err error) {
-	rss, rssErr := rssBytes(m.proc.pid())
+	rss = procfs.RSS(m.proc.pid())
 	if err := m.client.Action(ctx, "FlushMetrics"); err != nil {
 		return metrics, rss, m.withProcessState(err)
 	}
@@ -337,8 +338,8 @@ func (m *Machine) Usage(ctx context.Context) (metrics vmMetrics, rss int64, err 
 	if err != nil {
 		return metrics, rss, err
 	}
-	if rssErr != nil {
-		return metrics, rss, fmt.Errorf("read firecracker rss: %w", rssErr)
+	if rss == 0 {
+		return metrics, rss, fmt.Errorf("read firecracker rss: no VmRSS in /proc/%d/status", m.proc.pid())
 	}
 	return metrics, rss, nil
 }

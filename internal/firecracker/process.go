@@ -1,7 +1,6 @@
 package firecracker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cylo-dev/cylo/internal/procfs"
 	"github.com/cylo-dev/cylo/internal/vmnet"
 )
 
@@ -142,51 +142,11 @@ func (p *process) waitSocket(ctx context.Context, path string, timeout time.Dura
 	}
 }
 
-// logTail returns the last n lines of the file at path, at most 4 KiB.
+// logTail returns the last n lines of the file at path, or a note saying
+// that it is empty or unreadable.
 func logTail(path string, n int) string {
-	const maxTail = 4 << 10
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Sprintf("(cannot read log: %v)", err)
+	if tail := procfs.Tail(path, n); tail != "" {
+		return tail
 	}
-	defer f.Close()
-	info, err := f.Stat()
-	if err != nil {
-		return fmt.Sprintf("(cannot read log: %v)", err)
-	}
-	off := max(0, info.Size()-maxTail)
-	buf := make([]byte, info.Size()-off)
-	if _, err := f.ReadAt(buf, off); err != nil {
-		return fmt.Sprintf("(cannot read log: %v)", err)
-	}
-
-	buf = bytes.TrimRight(buf, "\n")
-	if len(buf) == 0 {
-		return "(log is empty)"
-	}
-	lines := bytes.Split(buf, []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
-}
-
-// rssBytes returns VmRSS of process pid from /proc/PID/status.
-func rssBytes(pid int) (int64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for line := range bytes.Lines(data) {
-		rest, ok := bytes.CutPrefix(line, []byte("VmRSS:"))
-		if !ok {
-			continue
-		}
-		var kib int64
-		if _, err := fmt.Sscanf(string(rest), "%d kB", &kib); err != nil {
-			return 0, fmt.Errorf("parse VmRSS line %q: %w", line, err)
-		}
-		return kib << 10, nil
-	}
-	return 0, fmt.Errorf("no VmRSS line in /proc/%d/status", pid)
+	return "(log is empty or unreadable)"
 }
