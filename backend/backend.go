@@ -50,8 +50,8 @@ type Options struct {
 	// on PATH.
 	FirecrackerBinary string
 
-	// Transport is how code reaches the guest: cylo.TransportAgent (the
-	// default) or cylo.TransportSSH. With ssh the default Profile is ssh.
+	// Transport is the path code takes into the guest: cylo.TransportAgent
+	// (the default) or cylo.TransportSSH. With ssh the default Profile is ssh.
 	Transport string
 	// SSH is how to log in with the ssh transport. Settings left empty
 	// take the image's: its recorded host key, and its generated client
@@ -65,7 +65,7 @@ type Options struct {
 	// "cylo" and the VM id.
 	TAPName string
 	// BootTimeout bounds the wait from VMM start until the guest agent or
-	// SSH server answers. Zero means the driver's default.
+	// SSH server responds. Zero means the driver's default.
 	BootTimeout time.Duration
 
 	// Logger receives lifecycle messages. Nil discards them.

@@ -13,9 +13,9 @@ import (
 )
 
 // TestCLIFirecrackerDouble runs the CLI on the firecracker backend with
-// the test double as the firecracker binary: the production driver goes
+// the test double as the firecracker binary. The production driver goes
 // through process start, API configuration, the vsock handshake, the
-// agent, metrics and teardown, and every request it sent must validate
+// agent, metrics and teardown. Every request it sent must validate
 // against the Firecracker API definition.
 func TestCLIFirecrackerDouble(t *testing.T) {
 	needVMs(t)

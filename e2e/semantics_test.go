@@ -278,7 +278,7 @@ func TestForkBombHitsPidsLimit(t *testing.T) {
 		if res.LimitHit != cylo.LimitPids && res.LimitHit != cylo.LimitTimeout {
 			t.Errorf("limit %q, want pids (exit %d, stderr %.200q)", res.LimitHit, res.ExitCode, res.Stderr)
 		}
-		// The agent answered, so it survived; a second run on the backend
+		// The agent responded, so it survived; a second run on the backend
 		// works.
 		next := run(t, b, sh("echo next"))
 		if string(next.Stdout) != "next\n" {
@@ -453,7 +453,7 @@ func TestNetworkOnGivesOnlyItsOwnLink(t *testing.T) {
 			t.Skip("the ssh transport always has a network; TestNetworkOffByDefault covers the agent")
 		}
 		// The guest gets eth0 on a TAP device in a namespace of the VM's
-		// own; the host end answers nothing, and no other address exists.
+		// own; no service listens at the host end, and no other address exists.
 		req := py(`
 import os, socket
 print(sorted(os.listdir("/sys/class/net")))

@@ -57,7 +57,7 @@ func (c *Client) Sync(ctx context.Context, s Sync) error {
 	return c.call(ctx, http.MethodPost, PathSync, s, nil)
 }
 
-// Shutdown asks the agent to power the guest off. The reply may be lost
+// Shutdown requests that the agent power the guest off. The reply may be lost
 // when the guest goes down first, so errors after sending are ignored by
 // callers that kill the VMM anyway.
 func (c *Client) Shutdown(ctx context.Context) error {

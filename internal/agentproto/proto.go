@@ -80,7 +80,7 @@ type ExecSpec struct {
 	MaxOutputBytes int64 `json:"max_output_bytes"`
 }
 
-// ExitStatus is how a run ended, measured by the agent.
+// ExitStatus is the end of a run as the agent measured it.
 type ExitStatus struct {
 	ExitCode int `json:"exit_code"`
 	Signal   int `json:"signal,omitempty"`

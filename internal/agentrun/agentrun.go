@@ -30,12 +30,13 @@ type Session struct {
 // Close closes the connection.
 func (s *Session) Close() error { return s.Client.Close() }
 
-// Connect dials the agent until it responds to a health check, then syncs the
-// guest's clock and entropy pool. Each attempt gets attemptTimeout; a
-// stream that queues bytes until the guest reads them (virtio-serial) wants
-// one long attempt, a connection the VMM rejects while nothing listens in
-// the guest (vsock) wants short ones. Connect gives up when ctx ends and
-// returns the last attempt's error.
+// Connect dials the agent until it responds to a health check, then syncs
+// the guest's clock and entropy pool. Each attempt gets attemptTimeout. A
+// stream that queues bytes until the guest reads them (virtio-serial)
+// wants one long attempt, because a reconnect loses what the guest read.
+// A connection that the VMM rejects while nothing listens in the guest
+// (vsock) wants short ones. Connect gives up when ctx ends and returns the
+// last attempt's error.
 func Connect(ctx context.Context, dial Dialer, attemptTimeout time.Duration) (*Session, error) {
 	var lastErr error
 	backoff := 10 * time.Millisecond

@@ -35,7 +35,7 @@ func ValidateMode(mode string) error {
 }
 
 // User-networking addresses: QEMU's slirp puts the guest at 10.0.2.15 and
-// itself, the gateway, at 10.0.2.2 unless told otherwise.
+// itself, the gateway, at 10.0.2.2 unless configured otherwise.
 var (
 	UserGuest   = netip.MustParsePrefix("10.0.2.15/24")
 	UserGateway = netip.MustParseAddr("10.0.2.2")
